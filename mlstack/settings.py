@@ -1,0 +1,73 @@
+"""One typed settings object for everything configured through the environment.
+
+Every component reads its environment here and nowhere else. Variables are `MLSTACK_*`, except the
+ones MLflow itself defines (`MLFLOW_TRACKING_URI`), which keep MLflow's names so the same
+environment drives both MLflow's client and ours.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MLSTACK_", extra="ignore")
+
+    # --- tracking (trainers, serving) -------------------------------------------------------
+    tracking_uri: str = Field(
+        default="http://127.0.0.1:5000",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "MLSTACK_TRACKING_URI"),
+        description="Where trainers log and serving reads the registry.",
+    )
+    ui_url: str | None = Field(
+        default=None,
+        description="Base URL users open for the MLflow UI (defaults to the tracking URI); "
+        "differs from the tracking URI inside containers (http://mlflow:5000 vs localhost).",
+    )
+    connect_attempts: int = Field(default=5, ge=1, description="Tries before exit code 3.")
+    connect_backoff_seconds: float = Field(default=1.0, ge=0)
+    git_commit: str | None = Field(
+        default=None, description="Commit tag for runs where no .git is at hand (images)."
+    )
+
+    # --- serving ----------------------------------------------------------------------------
+    serve_model: str = Field(default="linear_model", description="Registered model to serve.")
+    serve_alias: str = Field(default="champion")
+    serve_model_uri: str | None = Field(
+        default=None, description="Overrides serve_model/serve_alias: any models:/ or runs:/ URI."
+    )
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 5001
+    serving_engine: Literal["mlstack", "mlflow"] = Field(
+        default="mlstack",
+        validation_alias=AliasChoices("SERVING_ENGINE", "MLSTACK_SERVING_ENGINE"),
+    )
+    serve_workers: int = Field(default=1, ge=1)
+    poll_interval_seconds: float = Field(default=5.0, gt=0)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # --- local platform (`mlstack local`) ---------------------------------------------------
+    state_dir: Path = Path(".mlstack")
+    s3_access_key: str = "mlstack"  # CHANGEME for anything beyond a laptop
+    s3_secret_key: str = "mlstack-secret"  # CHANGEME
+    bucket: str = "mlflow"
+    artifacts_prefix: str = "artifacts"
+
+    @property
+    def effective_ui_url(self) -> str:
+        return (self.ui_url or self.tracking_uri).rstrip("/")
+
+    @property
+    def effective_model_uri(self) -> str:
+        return self.serve_model_uri or f"models:/{self.serve_model}@{self.serve_alias}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
