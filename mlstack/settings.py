@@ -29,6 +29,12 @@ class Settings(BaseSettings):
         description="Base URL users open for the MLflow UI (defaults to the tracking URI); "
         "differs from the tracking URI inside containers (http://mlflow:5000 vs localhost).",
     )
+    tracking_username: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_USERNAME")
+    )
+    tracking_password: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_PASSWORD")
+    )
     connect_attempts: int = Field(default=5, ge=1, description="Tries before exit code 3.")
     connect_backoff_seconds: float = Field(default=1.0, ge=0)
     git_commit: str | None = Field(
@@ -51,6 +57,17 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(default=5.0, gt=0)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     request_timeout_seconds: float = Field(default=30.0, gt=0)
+    registry_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="HTTP timeout of serving's registry polls and downloads."
+    )
+    registry_max_retries: int = Field(
+        default=1, ge=0, description="Retries per registry call (MLflow's default retries 7x)."
+    )
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR"),
+        description="Set by `mlstack serve --workers N>1` for its workers' shared /metrics.",
+    )
 
     # --- local platform (`mlstack local`) ---------------------------------------------------
     state_dir: Path = Path(".mlstack")
@@ -58,6 +75,12 @@ class Settings(BaseSettings):
     s3_secret_key: str = "mlstack-secret"  # CHANGEME
     bucket: str = "mlflow"
     artifacts_prefix: str = "artifacts"
+
+    @property
+    def tracking_auth(self) -> tuple[str, str] | None:
+        if self.tracking_username and self.tracking_password:
+            return (self.tracking_username, self.tracking_password)
+        return None
 
     @property
     def effective_ui_url(self) -> str:
