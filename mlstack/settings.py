@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     s3_secret_key: str = "mlstack-secret"  # CHANGEME
     bucket: str = "mlflow"
     artifacts_prefix: str = "artifacts"
+    local_mlflow_jobs: bool = Field(
+        default=False,
+        description="Run the MLflow server's job runner (GenAI jobs; 8 more processes, ~5 s "
+        "slower start) in `mlstack local`.",
+    )
 
     @property
     def tracking_auth(self) -> tuple[str, str] | None:
