@@ -1,0 +1,360 @@
+"""Benchmark: `mlstack serve` against the stock `mlflow models serve`, same model version, same load.
+
+    python bench/serving_bench.py                       # starts its own platform (mlstack local up)
+    python bench/serving_bench.py --tracking-uri URI    # uses a running tracking server/registry
+
+It registers a logistic regression (breast cancer, 30 numeric columns) and a random forest (wine,
+100 trees, 3 classes), starts both servers (one worker each) on the same `models:/<name>/<version>`,
+checks they answer the same predictions, then drives them with the same keep-alive HTTP load
+generator (asyncio + raw sockets, run in its own process so it is not the server's bottleneck):
+payloads of 1 and 100 rows (`dataframe_split`), 1 and 8 concurrent connections, each cell
+`--duration` seconds after `--warmup`, alternating stock / mlstack cell by cell. Prints
+requests/s, p50 and p99 per server and the throughput ratio. Everything it starts, it stops.
+
+Not a test: timings on a shared 2-core machine are noisy; compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+HOST = "127.0.0.1"
+ALIAS = "champion"
+
+
+# --- load generator (runs in a child process: `serving_bench.py _load ...`) ----------------------
+async def _one_connection(
+    port: int, request: bytes, warmup_end: float, deadline: float, out: list[float], bad: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        while True:
+            start = time.perf_counter()
+            if start >= deadline:
+                return
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            lower = head.lower()
+            at = lower.index(b"content-length:") + 15
+            length = int(lower[at : lower.index(b"\r\n", at)])
+            await reader.readexactly(length)
+            if start >= warmup_end:
+                out.append(time.perf_counter() - start)
+                if status != 200:
+                    bad.append(status)
+    finally:
+        writer.close()
+
+
+async def _load(port: int, path: str, body: bytes, clients: int, warmup: float, duration: float):
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    now = time.perf_counter()
+    warmup_end, deadline = now + warmup, now + warmup + duration
+    latencies: list[float] = []
+    bad: list[int] = []
+    tasks = [
+        _one_connection(port, request, warmup_end, deadline, latencies, bad) for _ in range(clients)
+    ]
+    await asyncio.gather(*tasks)
+    return latencies, bad
+
+
+def load_main(args: argparse.Namespace) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    body = Path(args.body).read_bytes()
+    latencies, bad = asyncio.run(
+        _load(args.port, args.path, body, args.clients, args.warmup, args.duration)
+    )
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        if not latencies:
+            return float("nan")
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+    print(
+        json.dumps(
+            {
+                "requests": len(latencies),
+                "rps": len(latencies) / args.duration,
+                "p50_ms": pct(0.50),
+                "p99_ms": pct(0.99),
+                "non_2xx": len(bad),
+            }
+        )
+    )
+
+
+# --- orchestration -------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 2.0) -> int:
+    import requests
+
+    try:
+        return requests.get(url, timeout=timeout).status_code
+    except requests.RequestException:
+        return 0
+
+
+def wait_for(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if http_get(url) == 200:
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+@contextmanager
+def platform(args: argparse.Namespace, env: dict[str, str]) -> Iterator[str]:
+    """A tracking URI: the given one, or a fresh `mlstack local up` stopped on exit."""
+    if args.tracking_uri:
+        yield args.tracking_uri
+        return
+    state_dir = Path(tempfile.mkdtemp(prefix="mlstack-bench-"))
+    mlflow_port = free_port()
+    cmd = [sys.executable, "-m", "mlstack", "local"]
+    up = [
+        "up", "--state-dir", str(state_dir), "--mlflow-port", str(mlflow_port),
+        "--serving-port", str(free_port()), "--s3-port", str(free_port()), "--workers", "1",
+    ]  # fmt: skip
+    print(f"starting a platform in {state_dir} (mlstack local up; about a minute) ...", flush=True)
+    try:
+        subprocess.run([*cmd, *up], env=env, check=True, timeout=600)
+        yield f"http://{HOST}:{mlflow_port}"
+    finally:
+        subprocess.run(
+            [*cmd, "down", "--state-dir", str(state_dir)], env=env, check=False, timeout=180
+        )
+
+
+@dataclass
+class BenchModel:
+    key: str
+    name: str
+    version: str
+    payloads: dict[int, bytes]
+
+
+def register_models(tracking_uri: str, prefix: str) -> list[BenchModel]:
+    import mlflow
+    import orjson
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_breast_cancer, load_wine
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("serving-bench")
+    client = MlflowClient()
+    models = []
+    forest = RandomForestClassifier(n_estimators=100, random_state=0)
+    for key, loader, estimator, trusted in (
+        ("logreg", load_breast_cancer, LogisticRegression(max_iter=5000), None),
+        # skops refuses tree internals unless told they are trusted (we trained it ourselves).
+        ("forest", load_wine, forest, ["sklearn.tree._tree.Tree"]),
+    ):
+        features, target = loader(return_X_y=True, as_frame=True)
+        estimator.fit(features, target)
+        name = f"{prefix}{key}"
+        with mlflow.start_run(run_name=name):
+            info = mlflow.sklearn.log_model(
+                estimator,
+                name="model",
+                signature=infer_signature(features, estimator.predict(features)),
+                input_example=features.iloc[:3],
+                skops_trusted_types=trusted,
+            )
+        version = str(mlflow.register_model(info.model_uri, name).version)
+        client.set_registered_model_alias(name, ALIAS, version)
+        payloads = {}
+        for rows in (1, 100):
+            sample = features.sample(rows, replace=True, random_state=rows)
+            split = {"columns": list(sample.columns), "data": sample.values.tolist()}
+            payloads[rows] = orjson.dumps({"dataframe_split": split})
+        models.append(BenchModel(key, name, version, payloads))
+        print(f"registered {name} version {version}", flush=True)
+    return models
+
+
+@contextmanager
+def server(kind: str, model: BenchModel, env: dict[str, str]) -> Iterator[int]:
+    port = free_port()
+    uri = f"models:/{model.name}/{model.version}"
+    bin_dir = Path(sys.executable).parent
+    if kind == "stock":
+        cmd = [
+            str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+            "-h", HOST, "-p", str(port), "-w", "1",
+        ]  # fmt: skip
+    else:
+        cmd = [
+            sys.executable, "-m", "mlstack", "serve", "--model-uri", uri, "--host", HOST,
+            "--port", str(port), "--workers", "1", "--poll-interval", "30",
+        ]  # fmt: skip
+    log = open(Path(tempfile.gettempdir()) / f"bench-{kind}-{model.key}.log", "wb")  # noqa: SIM115
+    env = {**env, "PATH": os.pathsep.join([str(bin_dir), *os.get_exec_path()])}
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        wait_for(f"http://{HOST}:{port}/ping", 180, proc)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # stock `mlflow models serve` runs uvicorn as a child
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def same_predictions(ports: dict[str, int], body: bytes) -> None:
+    import numpy as np
+    import requests
+
+    answers = {}
+    for kind, port in ports.items():
+        response = requests.post(
+            f"http://{HOST}:{port}/invocations",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        answers[kind] = response.json()["predictions"]
+    if not np.allclose(np.asarray(answers["stock"]), np.asarray(answers["mlstack"])):
+        raise RuntimeError(f"servers disagree: {answers}")
+
+
+def run_cell(port: int, body: bytes, clients: int, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as handle:
+        handle.write(body)
+        handle.flush()
+        cmd = [
+            sys.executable, __file__, "_load", "--port", str(port), "--body", handle.name,
+            "--clients", str(clients), "--warmup", str(args.warmup),
+            "--duration", str(args.duration),
+        ]  # fmt: skip
+        timeout = args.warmup + args.duration + 60
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=timeout)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_main(args: argparse.Namespace) -> None:
+    env = {**os.environ, **TELEMETRY_OFF}
+    rows: list[dict[str, Any]] = []
+    with platform(args, env) as tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+        models = register_models(tracking_uri, args.prefix)
+        for model in models:
+            if args.models and model.key not in args.models:
+                continue
+            with server("stock", model, env) as stock, server("mlstack", model, env) as ours:
+                ports = {"stock": stock, "mlstack": ours}
+                same_predictions(ports, model.payloads[100])
+                for size in (1, 100):
+                    for clients in (1, 8):
+                        cell: dict[str, Any] = {
+                            "model": model.key,
+                            "rows": size,
+                            "clients": clients,
+                        }
+                        for kind in ("stock", "mlstack"):  # alternate in one run
+                            cell[kind] = run_cell(ports[kind], model.payloads[size], clients, args)
+                        rows.append(cell)
+                        print_row(cell, header=len(rows) == 1)
+    print()
+    print_table(rows)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=2))
+
+
+def _fmt(result: dict[str, Any]) -> str:
+    return f"{result['rps']:9.0f} {result['p50_ms']:8.2f} {result['p99_ms']:8.2f}"
+
+
+HEADER = (
+    f"{'model':7} {'rows':>4} {'conc':>4} | {'stock rps':>9} {'p50 ms':>8} {'p99 ms':>8} | "
+    f"{'mlstack rps':>11} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>6}"
+)
+
+
+def print_row(cell: dict[str, Any], header: bool = False) -> None:
+    if header:
+        print(HEADER)
+    stock, ours = cell["stock"], cell["mlstack"]
+    ratio = ours["rps"] / stock["rps"] if stock["rps"] else float("inf")
+    errors = stock["non_2xx"] + ours["non_2xx"]
+    print(
+        f"{cell['model']:7} {cell['rows']:>4} {cell['clients']:>4} | {_fmt(stock)} | "
+        f"  {_fmt(ours)} | {ratio:5.1f}x" + (f"  ({errors} non-2xx!)" if errors else ""),
+        flush=True,
+    )
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(HEADER)
+    print("-" * len(HEADER))
+    for cell in rows:
+        print_row(cell)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    load = sub.add_parser("_load", help="internal: the load generator process")
+    load.add_argument("--port", type=int, required=True)
+    load.add_argument("--path", default="/invocations")
+    load.add_argument("--body", required=True)
+    load.add_argument("--clients", type=int, default=1)
+    load.add_argument("--warmup", type=float, default=1.0)
+    load.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--tracking-uri", help="a running registry (default: start a platform)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each cell")
+    parser.add_argument("--models", nargs="*", choices=("logreg", "forest"), help="subset")
+    parser.add_argument("--prefix", default="bench_", help="registered model name prefix")
+    parser.add_argument("--json-out", help="also write the results here")
+    args = parser.parse_args()
+    if args.command == "_load":
+        load_main(args)
+    else:
+        bench_main(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""The ASGI app of `mlstack serve`: a raw ASGI callable (no framework) on uvicorn/uvloop/httptools.
+
+Routes:
+    GET  /health                       liveness: 200 as soon as the process is up
+    GET  /ping                         readiness: 200 once the default model is loaded, else 503
+    GET  /version                      mlstack + MLflow versions, model URI and version served
+    GET  /metrics                      Prometheus text format
+    GET  /models                       alias holders discovered in the registry, and what is loaded
+    POST /invocations                  MLflow's scoring protocol, default model
+    POST /models/<name>/invocations    the same for registered model <name> holding the alias
+
+Every answer from an invocation carries `X-Model-Version` (and `X-Model-Name`) of the exact version
+that computed it. Errors use MLflow's JSON shape (`error_code`, `message`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mlstack import __version__
+from mlstack.serving.fastpath import prepare_fast_path_thread
+from mlstack.serving.metrics import ServingMetrics
+from mlstack.serving.model import JSON, Answer, ServedModel, error_answer
+from mlstack.serving.registry import ModelSlot, RegistryFollower
+from mlstack.settings import Settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_logger = logging.getLogger("mlstack.serving")
+
+_PLAIN_JSON = frozenset((b"application/json", b"application/json; charset=utf-8"))
+_MODELS_PREFIX = "/models/"
+_INVOCATIONS_SUFFIX = "/invocations"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model_uri: str
+    discovery_alias: str
+    tracking_uri: str
+    poll_interval: float
+    max_body_bytes: int
+    request_timeout: float
+    multiproc_dir: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServeConfig:
+        return cls(
+            model_uri=settings.effective_model_uri,
+            discovery_alias=settings.serve_alias,
+            tracking_uri=settings.tracking_uri,
+            poll_interval=settings.poll_interval_seconds,
+            max_body_bytes=settings.max_body_bytes,
+            request_timeout=settings.request_timeout_seconds,
+            multiproc_dir=settings.prometheus_multiproc_dir,
+        )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class ServingApp:
+    """ASGI application; one instance per worker process."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.mlflow_version = importlib.metadata.version("mlflow")  # without importing MLflow
+        self.metrics = ServingMetrics(config.multiproc_dir)
+        self.follower = RegistryFollower(
+            default_uri=config.model_uri,
+            discovery_alias=config.discovery_alias,
+            poll_interval=config.poll_interval,
+            tracking_uri=config.tracking_uri,
+            on_swap=self._on_swap,
+            on_load_failure=lambda slot: self.metrics.model_load_failed(slot.key),
+        )
+        self._fast_thread_ready = False
+
+    def _on_swap(self, slot: ModelSlot, model: ServedModel) -> None:
+        self.metrics.model_served(slot.key, model.version)
+
+    # --- ASGI entry point ---------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.follower.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                _logger.info(
+                    "mlstack serve %s: %s from %s (poll every %gs)",
+                    __version__,
+                    self.config.model_uri,
+                    self.config.tracking_uri,
+                    self.config.poll_interval,
+                )
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.follower.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        route, model_label = path, ""
+        try:
+            if path == "/invocations":
+                route, model_label = path, "default"
+                status = await self._invocations(self.follower.default, scope, receive, send)
+            elif path.startswith(_MODELS_PREFIX) and path.endswith(_INVOCATIONS_SUFFIX):
+                name = path[len(_MODELS_PREFIX) : -len(_INVOCATIONS_SUFFIX)]
+                # Only registry names as label values: client-chosen paths must not grow /metrics.
+                known = name in self.follower.discovered
+                route, model_label = "/models/{name}/invocations", name if known else "unknown"
+                status = await self._named_invocations(name, scope, receive, send)
+            elif path in ("/health", "/ping", "/version", "/metrics", "/models"):
+                if method not in ("GET", "HEAD"):
+                    answer = error_answer(405, "BAD_REQUEST", f"{method} not allowed on {path}")
+                else:
+                    answer = self._info_answer(path)
+                status = await self._send(send, answer)
+            else:
+                route = "other"
+                answer = error_answer(404, "ENDPOINT_NOT_FOUND", f"No route {method} {path}")
+                status = await self._send(send, answer)
+        except _Disconnected:
+            status = 499
+        except Exception:
+            _logger.exception("unhandled error on %s %s", method, path)
+            status = 500
+            with contextlib.suppress(Exception):  # fails if the response had already started
+                await self._send(send, error_answer(500, "INTERNAL_ERROR", "Internal server error"))
+        self.metrics.observe(route, model_label, status, time.perf_counter() - started)
+
+    # --- informational routes -----------------------------------------------------------------
+    def _info_answer(self, path: str) -> Answer:
+        default = self.follower.default
+        model = default.current
+        if path == "/health":
+            return Answer(200, b'{"status":"ok"}')
+        if path == "/ping":
+            if model is not None:
+                return Answer(200, orjson.dumps({"status": "ready", "version": model.version}))
+            return error_answer(503, "TEMPORARILY_UNAVAILABLE", self._not_loaded_message(default))
+        if path == "/version":
+            return Answer(
+                200,
+                orjson.dumps(
+                    {
+                        "mlstack": __version__,
+                        "mlflow": self.mlflow_version,
+                        "model_uri": self.config.model_uri,
+                        "model_version": model.version if model else None,
+                        "loaded_uri": model.uri if model else None,
+                        "fast_path": bool(model and model.fast),
+                        "models": self.follower.loaded_models(),
+                    }
+                ),
+            )
+        if path == "/models":
+            follower = self.follower
+            return Answer(
+                200,
+                orjson.dumps(
+                    {
+                        "alias": follower.discovery_alias,
+                        "registry": follower.discovered,
+                        "loaded": follower.loaded_models(),
+                    }
+                ),
+            )
+        body, content_type = self.metrics.render()
+        return Answer(200, body, content_type)
+
+    @staticmethod
+    def _not_loaded_message(slot: ModelSlot) -> str:
+        message = f"No model loaded yet for {slot.ref.uri}"
+        if slot.last_error:
+            message += f" ({slot.last_error})"
+        return message
+
+    # --- invocations --------------------------------------------------------------------------
+    async def _named_invocations(
+        self, name: str, scope: Scope, receive: Receive, send: Send
+    ) -> int:
+        follower = self.follower
+        slot = follower.named_slot(name)
+        if slot is None:
+            alias = follower.discovery_alias
+            state = "" if follower.discovery_ok else " (registry not listed yet)"
+            message = f"No registered model {name!r} holds alias @{alias}{state}"
+            return await self._send(send, error_answer(404, "RESOURCE_DOES_NOT_EXIST", message))
+        if slot.current is None:
+            loading = slot.loading
+            if loading is not None:
+                # First request to this model: wait for its lazy load, within the request timeout.
+                try:
+                    await asyncio.wait_for(
+                        asyncio.shield(asyncio.wrap_future(loading)), self.config.request_timeout
+                    )
+                except TimeoutError:
+                    pass
+                except Exception:
+                    _logger.debug("lazy load of %s failed", name, exc_info=True)
+        return await self._invocations(slot, scope, receive, send)
+
+    async def _invocations(
+        self, slot: ModelSlot, scope: Scope, receive: Receive, send: Send
+    ) -> int:
+        if scope["method"] != "POST":
+            answer = error_answer(405, "BAD_REQUEST", "Use POST for invocations")
+            return await self._send(send, answer)
+        model = slot.current  # one reference for the whole request: never a mixed answer
+        if model is None:
+            answer = error_answer(503, "TEMPORARILY_UNAVAILABLE", self._not_loaded_message(slot))
+            return await self._send(send, answer)
+        try:
+            body = await self._read_body(scope, receive)
+        except _BodyTooLarge:
+            limit = self.config.max_body_bytes
+            message = f"Request body exceeds the limit of {limit} bytes"
+            answer = error_answer(413, "RESOURCE_EXHAUSTED", message)
+            return await self._send(send, answer, model.response_headers(""))
+        content_type = b""
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+                break
+        answer = None
+        scoring_path = "mlflow"
+        if model.fast is not None and content_type.lower() in _PLAIN_JSON:
+            if not self._fast_thread_ready:  # here, not at startup: keeps sklearn's import lazy
+                prepare_fast_path_thread()
+                self._fast_thread_ready = True
+            fast_body = model.fast.try_predict(body)
+            if fast_body is not None:
+                answer = Answer(200, fast_body)
+                scoring_path = "fast"
+        if answer is None:
+            answer = await self._score_with_mlflow(model, body, content_type.decode("latin-1"))
+        self.metrics.paths.labels(slot.key, scoring_path).inc()
+        headers = model.response_headers(scoring_path)
+        return await self._send(send, answer, headers)
+
+    async def _score_with_mlflow(
+        self, model: ServedModel, body: bytes, content_type: str
+    ) -> Answer:
+        work = asyncio.to_thread(model.score_with_mlflow, body, content_type)
+        try:
+            return await asyncio.wait_for(work, self.config.request_timeout)
+        except TimeoutError:
+            message = "Request processing time exceeded limit"
+            return error_answer(504, "DEADLINE_EXCEEDED", message)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.config.max_body_bytes
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                try:
+                    if int(value) > limit:
+                        raise _BodyTooLarge
+                except ValueError:
+                    pass
+                break
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @staticmethod
+    async def _send(
+        send: Send, answer: Answer, extra_headers: list[tuple[bytes, bytes]] | None = None
+    ) -> int:
+        headers = [
+            (b"content-type", answer.content_type.encode()),
+            (b"content-length", str(len(answer.body)).encode()),
+        ]
+        if extra_headers:
+            headers.extend(extra_headers)
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
+        return answer.status
+
+
+def configure_process(settings: Settings) -> None:
+    """Logging and the MLflow client environment of a serving process."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s [%(name)s] %(message)s"
+        )
+    logging.getLogger("mlstack").setLevel(logging.INFO)
+    # Registry polls must fail fast when the registry is down (MLflow retries 7x with backoff).
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.registry_max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(math.ceil(settings.registry_timeout_seconds))
+    # What MLflow's own scoring server sets: some flavors behave differently when serving.
+    os.environ["_MLFLOW_IS_IN_SERVING_ENVIRONMENT"] = "true"
+
+
+def create_app() -> ServingApp:
+    """uvicorn factory (`mlstack.serving.app:create_app`): config from the environment."""
+    settings = Settings()  # not the cached one: `mlstack serve` sets the env for its workers
+    configure_process(settings)
+    return ServingApp(ServeConfig.from_settings(settings))
+
+
+__all__ = ["JSON", "ServeConfig", "ServingApp", "create_app"]
