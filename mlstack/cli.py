@@ -1,4 +1,5 @@
-"""`mlstack` command line: `mlstack serve ...` and `mlstack local up|down|status|logs`.
+"""`mlstack` command line: `mlstack serve ...`, `mlstack local up|down|status|logs` and
+`mlstack storage ensure-bucket`.
 
 Each sub-package registers its own sub-commands; heavy imports (MLflow, scikit-learn) happen inside
 the command functions so that `mlstack -h` and argument errors stay instant. Misuse exits 2 with
@@ -14,8 +15,10 @@ from mlstack import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mlstack.backup import register as register_backup
     from mlstack.local.cli import register as register_local
     from mlstack.serving.cli import register as register_serve
+    from mlstack.storage import register as register_storage
 
     parser = argparse.ArgumentParser(
         prog="mlstack", description="Self-hosted MLflow platform: serving and a local platform."
@@ -24,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_serve(sub)
     register_local(sub)
+    register_storage(sub)
+    register_backup(sub)
     return parser
 
 

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     )
     connect_attempts: int = Field(default=5, ge=1, description="Tries before exit code 3.")
     connect_backoff_seconds: float = Field(default=1.0, ge=0)
+    retry_window_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="Once a run has started, how long a trainer keeps retrying one MLflow request "
+        "(server down, 5xx) before the run fails, and then keeps trying to mark it FAILED. Set "
+        "MLflow's MLFLOW_HTTP_REQUEST_MAX_RETRIES/_BACKOFF_FACTOR instead to take over.",
+    )
     git_commit: str | None = Field(
         default=None, description="Commit tag for runs where no .git is at hand (images)."
     )
@@ -75,6 +82,12 @@ class Settings(BaseSettings):
     s3_secret_key: str = "mlstack-secret"  # CHANGEME
     bucket: str = "mlflow"
     artifacts_prefix: str = "artifacts"
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_S3_ENDPOINT_URL", "MLSTACK_S3_ENDPOINT_URL"),
+        description="S3 endpoint of the tracking server's artifact store (the compose mlflow "
+        "container's; `mlstack backup` object commands run there). None: AWS S3.",
+    )
     local_mlflow_jobs: bool = Field(
         default=False,
         description="Run the MLflow server's job runner (GenAI jobs; 8 more processes, ~5 s "
