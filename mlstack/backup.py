@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shlex
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
+
+from mlstack.local.state import read_env_file
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -173,17 +174,6 @@ def tool_major(version_line: str) -> int:
         if head.isdigit():
             return int(head)
     raise BackupError(f"cannot read a PostgreSQL version from {version_line!r}")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """The `export K='V'` lines `mlstack local up` writes to STATE_DIR/env."""
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        words = shlex.split(line, comments=True)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            key, value = words[1].split("=", 1)
-            values[key] = value
-    return values
 
 
 def run_tool(

@@ -12,7 +12,6 @@ through `pg_conn` / `s3_client`) pay for it; unit tests stay fast.
 from __future__ import annotations
 
 import os
-import shlex
 import socket
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from mlstack.local.state import read_env_file
 
 if TYPE_CHECKING:
     import psycopg2.extensions
@@ -39,17 +40,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """Parse the `export K='V'` lines `mlstack local up` writes to DIR/env."""
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        words = shlex.split(line, comments=True)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            key, value = words[1].split("=", 1)
-            values[key] = value
-    return values
 
 
 def run_mlstack_local(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -126,3 +127,14 @@ def write_env_file(path: Path, values: dict[str, str]) -> None:
     lines = [f"export {key}={single_quoted(value)}" for key, value in values.items()]
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The values of `write_env_file`'s `export K='V'` lines (what `source DIR/env` sets)."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        words = shlex.split(line, comments=True)
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            key, value = words[1].split("=", 1)
+            values[key] = value
+    return values
