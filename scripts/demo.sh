@@ -14,17 +14,24 @@ Safe to run again: the platform is left as it is and each run trains new version
 Stop everything with: .venv/bin/mlstack local down
 USAGE
 }
-case "${1:-}" in -h|--help) usage; exit 0 ;; esac
+# Check the arguments before anything is installed or started: only `mlstack local up`'s options.
+state_dir=.mlstack
+args=("$@")
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --state-dir|--mlflow-port|--serving-port|--s3-port|--artifacts|--artifacts-dir|--workers)
+      [ "$#" -ge 2 ] || { echo "demo.sh: $1 needs a value" >&2; usage >&2; exit 2; }
+      [ "$1" = --state-dir ] && state_dir=$2
+      shift 2 ;;
+    *) echo "demo.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+set -- "${args[@]}"
 
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
-
-state_dir=.mlstack
-args=("$@")
-for ((i = 0; i < ${#args[@]}; i++)); do
-  [ "${args[$i]}" = --state-dir ] && state_dir="${args[$((i + 1))]:-.mlstack}"
-done
 
 .venv/bin/mlstack local up "$@"
 # shellcheck disable=SC1091
