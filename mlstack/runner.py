@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,15 @@ import numpy as np
 from mlstack import __version__
 from mlstack.data import Dataset, Split, load_dataset, split_dataset
 from mlstack.params import ParamsError, TrainerParams, load_params
-from mlstack.settings import get_settings
-from mlstack.tracking import TrackingUnavailable, check_tracking_server
+from mlstack.settings import Settings, get_settings
+from mlstack.tracking import (
+    TrackingUnavailable,
+    check_tracking_server,
+    configure_client_retries,
+    describe_run_failure,
+    mark_runs_failed,
+    stop_client_retries,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_PARAMS, EXIT_NO_TRACKING = 0, 1, 2, 3
 
@@ -186,6 +194,21 @@ class TrainingRun:
         if commit:
             self.tags["mlstack.git_commit"] = commit
         self.active_run_id: str | None = None
+        self.run_ids: list[str] = []  # every run this invocation started, top run first
+        self.failure: BaseException | None = None  # the first error inside a run
+
+    @contextmanager
+    def _failing_fast(self) -> Iterator[None]:
+        """Inside each `with start_run()`: on the first error, remember it and stop MLflow's
+        per-request retries. The `with` blocks then each try once to end their run, and
+        `end_failed_runs` does the bounded waiting (not one retry window per nesting level)."""
+        try:
+            yield
+        except BaseException as exc:
+            if self.failure is None:
+                self.failure = exc
+                stop_client_retries()
+            raise
 
     def _log_batch(self, run_id: str, params: dict[str, Any], metrics: dict[str, float]) -> None:
         """Params, metrics and tags of a run in one request, never one call per value."""
@@ -237,8 +260,9 @@ class TrainingRun:
         combos = self.params.sweep_combinations()
         metric = self.params.promote.metric
         run_name = f"{name}-sweep" if combos else name
-        with mlflow.start_run(run_name=run_name) as top:
+        with mlflow.start_run(run_name=run_name) as top, self._failing_fast():
             top_id = self.active_run_id = top.info.run_id
+            self.run_ids.append(top_id)
             if not combos:
                 best_run, best = top_id, self._train_in(top_id, self.params, name)
                 say("logging the model")
@@ -246,7 +270,7 @@ class TrainingRun:
             else:
                 best_run, best = self._sweep(top_id, combos)
                 # Only the best child gets a model (and so a registered version): reopen it.
-                with mlflow.start_run(run_id=best_run, nested=True):
+                with mlflow.start_run(run_id=best_run, nested=True), self._failing_fast():
                     say(f"best of the sweep: run {best_run} ({metric}={best.metrics[metric]:.6g})")
                     model_uri = self._log_model(best)
                 self._log_batch(top_id, {}, best.metrics)
@@ -277,7 +301,11 @@ class TrainingRun:
         name = self.params.registered_model_name
         for index, combo in enumerate(combos, start=1):
             label = f"{name}-{index}"
-            with self.mlflow.start_run(run_name=label, nested=True) as child:
+            with (
+                self.mlflow.start_run(run_name=label, nested=True) as child,
+                self._failing_fast(),
+            ):
+                self.run_ids.append(child.info.run_id)
                 evaluation = self._train_in(
                     child.info.run_id, self.params.model_copy(update=combo), label
                 )
@@ -305,6 +333,27 @@ def print_summary(outcome: Outcome, ui_url: str) -> None:
         f"serve it:   models:/{decision.name}@{decision.alias}",
     ]
     print("\n".join(lines), flush=True)
+
+
+def end_failed_runs(run_ids: list[str], settings: Settings) -> None:
+    """After a failure: no run of ours may stay RUNNING. The server may be down right now, so
+    keep trying for the retry window, then say which runs could not be marked."""
+    if not run_ids:
+        return
+    window = settings.retry_window_seconds
+    unmarked = mark_runs_failed(
+        settings.tracking_uri, run_ids, window, auth=settings.tracking_auth, log=say
+    )
+    if unmarked:
+        print(
+            f"error: could not mark run(s) {', '.join(unmarked)} FAILED: the tracking server at "
+            f"{settings.tracking_uri} did not answer within {window:g} s; they show RUNNING "
+            "until ended (MlflowClient().set_terminated(run_id, 'FAILED'))",
+            file=sys.stderr,
+            flush=True,
+        )
+    if run_ids[0] not in unmarked:
+        print(f"error: run {run_ids[0]} was marked FAILED", file=sys.stderr, flush=True)
 
 
 def main(
@@ -346,17 +395,19 @@ def main(
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_NO_TRACKING
 
+    # Every MLflow request of the run retries within the window (the server may be restarting).
+    configure_client_retries(settings.retry_window_seconds)
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     run = TrainingRun(model_dir, params, sha256, dataset, split, build_estimator, experiment)
     try:
         outcome = run.execute()
-    except Exception as exc:  # any failure once runs exist: report it, the run is marked FAILED
-        failed = run.active_run_id
-        print(f"error: training failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        if failed:
-            print(f"error: run {failed} was marked FAILED", file=sys.stderr, flush=True)
+    except Exception as exc:  # any failure once runs exist: report it, the runs are marked FAILED
+        cause = run.failure or exc  # not a `with` block's failed attempt to end its run
+        problem = describe_run_failure(cause, settings.tracking_uri)
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        end_failed_runs(run.run_ids, settings)
         return EXIT_FAILED
     print_summary(outcome, settings.effective_ui_url)
     return EXIT_OK
