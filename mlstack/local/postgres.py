@@ -11,6 +11,7 @@ import hashlib
 import os
 import pwd
 import shlex
+import signal
 import stat
 import subprocess
 import tempfile
@@ -225,6 +226,9 @@ class PostgresService(Service):
         if record is None or postmaster is None:
             self.pid_file.unlink(missing_ok=True)
             return False
+        # Another pytest session (or anything that resets a parent folder to 0700) can leave the
+        # system user unable to reach the data dir: pg_ctl would then fail with "Permission denied".
+        make_binaries_usable_by(system_user(), self.state.postgres_data)
         try:
             stop_args = ["-D", str(self.state.postgres_data), "-m", "fast", "-w", "-t", "30"]
             self.run_as(system_user(), [postgres_bin("pg_ctl"), *stop_args, "stop"], "pg_ctl stop")
@@ -232,6 +236,8 @@ class PostgresService(Service):
             psutil.wait_procs([postmaster], timeout=self.stop_timeout_seconds)
         except (PlatformError, subprocess.TimeoutExpired):
             pass
-        terminate(record, self.stop_timeout_seconds)  # a no-op unless it is still there
+        # A no-op unless it is still there. SIGINT is PostgreSQL's *fast* shutdown; SIGTERM's smart
+        # shutdown would wait on MLflow's pooled connections until the SIGKILL, then crash-recover.
+        terminate(record, self.stop_timeout_seconds, first_signal=signal.SIGINT)
         self.pid_file.unlink(missing_ok=True)
         return True

@@ -104,8 +104,9 @@ def spawn_detached(
     return ProcessRecord.of(process.pid)
 
 
-def terminate(record: ProcessRecord, timeout: float) -> bool:
-    """SIGTERM the process (and its session's group), then SIGKILL after `timeout`.
+def terminate(record: ProcessRecord, timeout: float, first_signal: int = signal.SIGTERM) -> bool:
+    """`first_signal` (SIGTERM) to the process (and its session's group), then SIGKILL after
+    `timeout`.
 
     Returns False when the recorded process was not running (nothing was signalled).
     """
@@ -113,7 +114,7 @@ def terminate(record: ProcessRecord, timeout: float) -> bool:
     if process is None:
         return False
     family = [process, *_children(process)]
-    _signal_group_or_process(process, signal.SIGTERM)
+    _signal_group_or_process(process, first_signal)
     _, alive = psutil.wait_procs(family, timeout=timeout)
     for straggler in alive:
         with contextlib.suppress(psutil.Error):
