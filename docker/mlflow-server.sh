@@ -1,16 +1,116 @@
 #!/bin/sh
-# The `mlflow` service: bring the database schema up to date, then `exec mlflow server` with the
-# arguments compose gives (workers, artifacts, allowed hosts).
+# The `mlflow` service: warn about default credentials on a published stack, bring the database
+# schema up to date, then `exec mlflow server` with the arguments compose gives (workers,
+# artifacts, allowed hosts); with MLSTACK_AUTH=basic (docker-compose.auth.yml), as MLflow's
+# basic-auth app.
+#   mlflow-server [MLFLOW SERVER OPTIONS...]
+#   mlflow-server --check-defaults     only the default-credential check, then exit 0
+# Environment:
 #   POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB   the same docker.env lines the postgres service uses
 #   POSTGRES_HOST (default postgres), POSTGRES_PORT (default 5432)
-# The password reaches libpq as PGPASSWORD, never inside the URI: no URL-encoding trouble with
-# special characters, and it never shows on a command line (`ps`, `docker top`, logs).
+#   MLSTACK_MLFLOW_BIND, MLSTACK_SERVING_BIND, MLSTACK_MINIO_CONSOLE_BIND
+#                                    the host addresses compose publishes (for the warning only)
+#   MLSTACK_AUTH                     none (default) or basic
+#   MLFLOW_AUTH_ADMIN_USERNAME (default admin), MLFLOW_AUTH_ADMIN_PASSWORD,
+#   MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_DEFAULT_PERMISSION (default READ)   basic auth
+# The password reaches libpq as PGPASSWORD, never inside a URI: no URL-encoding trouble with
+# special characters, and it never shows on a command line (`ps`, `docker top`, logs) or in a file.
 set -eu
+
+# Credentials whose docker.env defaults carry the word CHANGEME; the auth ones count only when
+# auth is on.
+DEFAULT_CREDENTIALS="POSTGRES_PASSWORD MINIO_ROOT_PASSWORD AWS_SECRET_ACCESS_KEY"
+AUTH_CREDENTIALS="MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY"
+
+# A compose published address (`HOST:PORT`, `[V6]:PORT`, or a bare port) bound to loopback only?
+is_loopback() {
+  case "$1" in
+    *:*) ;;
+    *) return 1 ;;  # a bare port: Docker publishes it on every interface
+  esac
+  host=${1%:*}
+  host=${host#\[}
+  host=${host%\]}
+  case "$host" in
+    127.* | ::1) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+auth_enabled() {
+  [ "${MLSTACK_AUTH:-none}" = basic ]
+}
+
+# Print a WARNING (stderr, so `docker compose logs mlflow` shows it) when any published address is
+# beyond loopback and a credential still holds its CHANGEME default, or MLflow has no login.
+check_defaults() {
+  exposed=""
+  for bind in ${MLSTACK_MLFLOW_BIND:-} ${MLSTACK_SERVING_BIND:-} ${MLSTACK_MINIO_CONSOLE_BIND:-}; do
+    is_loopback "$bind" || exposed="${exposed:+$exposed, }$bind"
+  done
+  [ -n "$exposed" ] || return 0
+  names=$DEFAULT_CREDENTIALS
+  if auth_enabled; then
+    names="$names $AUTH_CREDENTIALS"
+  fi
+  defaults=""
+  for name in $names; do
+    case "$(printenv "$name" || true)" in
+      *[Cc][Hh][Aa][Nn][Gg][Ee][Mm][Ee]*) defaults="${defaults:+$defaults, }$name" ;;
+    esac
+  done
+  if [ -n "$defaults" ]; then
+    echo "WARNING: default credentials in use ($defaults still hold the CHANGEME values of" \
+      "docker.env) while the stack is published beyond loopback ($exposed). Anyone who can" \
+      "reach those addresses can log in: set new values in docker.env (docs/security.md)," \
+      "or bind the *_BIND variables to 127.0.0.1." >&2
+  fi
+  if [ -n "${MLSTACK_MLFLOW_BIND:-}" ] && ! is_loopback "$MLSTACK_MLFLOW_BIND" && ! auth_enabled; then
+    echo "WARNING: the MLflow UI/API is published on $MLSTACK_MLFLOW_BIND without" \
+      "authentication: anyone who can reach it can read and change every run and model." \
+      "Enable docker-compose.auth.yml (docs/security.md), or bind MLFLOW_BIND to 127.0.0.1." >&2
+  fi
+  return 0
+}
+
+if [ "${1:-}" = --check-defaults ]; then
+  check_defaults
+  exit 0
+fi
+
 : "${POSTGRES_USER:?set it in docker.env}" "${POSTGRES_PASSWORD:?set it in docker.env}" "${POSTGRES_DB:?set it in docker.env}"
+check_defaults
 export PGPASSWORD="$POSTGRES_PASSWORD"
 backend="postgresql+psycopg2://${POSTGRES_USER}@${POSTGRES_HOST:-postgres}:${POSTGRES_PORT:-5432}/${POSTGRES_DB}"
 
+case "${MLSTACK_AUTH:-none}" in
+  none) ;;
+  basic)
+    : "${MLFLOW_AUTH_ADMIN_PASSWORD:?set it in docker.env (auth mode)}"
+    : "${MLFLOW_FLASK_SERVER_SECRET_KEY:?set it in docker.env (auth mode)}"
+    # MLflow reads the auth store's URI from an ini file only. Written at every start to the
+    # tmpfs (the root filesystem is read-only) and holding no secret: the admin password comes
+    # from MLFLOW_AUTH_ADMIN_PASSWORD, the database password from PGPASSWORD. Users and
+    # permissions live in the tracking database itself (their own tables and alembic version
+    # table, supported since MLflow 3.6), so they are in every backup.
+    auth_dir=$(mktemp -d "${TMPDIR:-/tmp}/mlflow-auth.XXXXXX")
+    cat >"$auth_dir/basic_auth.ini" <<INI
+[mlflow]
+default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}
+database_uri = $(printf '%s' "$backend" | sed 's/%/%%/g')
+admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+    export MLFLOW_AUTH_CONFIG_PATH="$auth_dir/basic_auth.ini"
+    set -- --app-name basic-auth "$@"
+    ;;
+  *)
+    echo "mlflow-server: MLSTACK_AUTH must be none or basic, not '$MLSTACK_AUTH'" >&2
+    exit 2
+    ;;
+esac
+
 # Creates the tables on the first start, migrates after an MLflow upgrade, else a no-op. The server
-# itself refuses to start on an out-of-date schema.
+# itself refuses to start on an out-of-date schema. (The auth tables migrate inside the server.)
 mlflow db upgrade "$backend"
 exec mlflow server --backend-store-uri "$backend" "$@"

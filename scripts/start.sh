@@ -24,6 +24,10 @@ GIT_COMMIT="${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}"
 export GIT_COMMIT
 docker compose up -d --build --wait --wait-timeout "${WAIT_TIMEOUT:-600}"
 docker compose ps
+# The tracking server's start-up check, repeated here so it is not lost in the logs: a WARNING
+# when a CHANGEME credential of docker.env is in use and a port is published beyond loopback, or
+# MLflow is published beyond loopback without auth (docs/security.md).
+docker compose exec -T mlflow mlflow-server --check-defaults || true
 echo
 echo "MLflow UI:  http://localhost:$(docker compose port mlflow 5000 | cut -d: -f2)"
 echo "Serving:    http://localhost:$(docker compose port serving 5001 | cut -d: -f2)/invocations"

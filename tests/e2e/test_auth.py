@@ -1,0 +1,106 @@
+"""The optional authentication mode: docker-compose.yml + docker-compose.auth.yml (MLflow's
+basic-auth app), run the way docs/security.md tells users to.
+
+No credentials → 401, a wrong password → 401, the admin's → 200, on the published API; /health
+stays open (healthchecks); the users live in PostgreSQL; a trainer run with `docker compose run
+--rm` authenticates with MLFLOW_TRACKING_USERNAME/PASSWORD (and fails clearly with a wrong one);
+serving authenticates to the registry, loads the champion and answers /invocations.
+
+Its own compose project (`mlstack-e2e-auth`) on free ports, from tests/e2e/conftest.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import requests
+
+if TYPE_CHECKING:
+    from conftest import Stack
+
+pytestmark = pytest.mark.docker
+
+
+def docker_env(key: str) -> str:
+    """A value from docker.env, the one place the server-side secrets are set."""
+    for line in (Path(__file__).resolve().parents[2] / "docker.env").read_text().splitlines():
+        if line.startswith(f"{key}="):
+            return line.split("=", 1)[1].strip()
+    raise KeyError(key)
+
+
+ADMIN = docker_env("MLFLOW_AUTH_ADMIN_USERNAME")
+ADMIN_PASSWORD = docker_env("MLFLOW_AUTH_ADMIN_PASSWORD")
+
+COMPOSE_PROJECT = "mlstack-e2e-auth"
+COMPOSE_OVERLAYS = ("docker-compose.auth.yml",)
+# What a user puts in .env: the clients' login (here the admin account of docker.env).
+STACK_ENV = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
+
+API = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+def test_no_credentials_is_401(stack: Stack) -> None:
+    answer = requests.get(stack.mlflow_url + API, timeout=30)
+    assert answer.status_code == 401, answer.text
+    assert answer.headers.get("WWW-Authenticate", "").lower().startswith("basic")
+    assert requests.get(stack.mlflow_url + "/", timeout=30).status_code == 401  # the UI too
+
+
+def test_wrong_password_is_401(stack: Stack) -> None:
+    answer = requests.get(stack.mlflow_url + API, auth=(ADMIN, "not-the-password"), timeout=30)
+    assert answer.status_code == 401, answer.text
+
+
+def test_right_password_is_200(stack: Stack) -> None:
+    answer = requests.get(stack.mlflow_url + API, auth=(ADMIN, ADMIN_PASSWORD), timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert "experiments" in answer.json()
+
+
+def test_health_stays_open(stack: Stack) -> None:
+    # Healthchecks carry no credentials: `up --wait` returned, and /health answers anonymously.
+    assert requests.get(stack.mlflow_url + "/health", timeout=10).status_code == 200
+
+
+def test_users_live_in_postgres(stack: Stack) -> None:
+    assert stack.psql("SELECT username, is_admin FROM users") == [[ADMIN, "t"]]
+    # Nothing written to a SQLite file in the container (MLflow's default is basic_auth.db).
+    found = stack.compose(
+        "exec", "-T", "mlflow", "sh", "-c", "find / -xdev -name '*.db' 2>/dev/null; true"
+    ).stdout
+    assert "basic_auth" not in found, found
+
+
+def test_clients_hold_only_their_login(stack: Stack) -> None:
+    result = stack.train("linear_model", "env")
+    assert result.returncode == 0, result.stderr
+    names = {line.split("=", 1)[0] for line in result.stdout.splitlines()}
+    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= names
+    assert not names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "POSTGRES_PASSWORD"}
+    assert not names & {"MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+
+
+def test_trainer_authenticates(stack: Stack) -> None:
+    stack.assert_trained(stack.train("linear_model"))
+    assert stack.champion_versions().get("linear_model") == "1"
+
+
+def test_trainer_with_a_wrong_password_fails_clearly(stack: Stack) -> None:
+    runs_before = stack.psql("SELECT count(*) FROM runs")
+    result = stack.compose(
+        "run", "--rm", "-e", "MLFLOW_TRACKING_PASSWORD=not-the-password", "linear_model_trainer",
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0, result.stdout
+    assert "401" in result.stderr and "MLFLOW_TRACKING_PASSWORD" in result.stderr, result.stderr
+    assert stack.psql("SELECT count(*) FROM runs") == runs_before
+
+
+def test_serving_authenticates_to_the_registry(stack: Stack) -> None:
+    version = stack.champion_versions()["linear_model"]
+    answer = stack.wait_for_version(version)
+    assert answer.headers["X-Model-Name"] == "linear_model"
+    assert len(answer.json()["predictions"]) == 3
