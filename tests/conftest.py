@@ -87,6 +87,21 @@ class LocalPlatform:
     def bucket(self) -> str:
         return self.env.get("MLSTACK_BUCKET", "")
 
+    def s3(self) -> Any:
+        """A boto3 S3 client (path-style) on this platform's S3 endpoint, with its keys: the
+        independent client tests read the bucket with."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}),
+        )
+
     @property
     def env_file(self) -> Path:
         return self.state_dir / "env"
@@ -198,17 +213,7 @@ def pg_conn(local_platform: LocalPlatform) -> Iterator[psycopg2.extensions.conne
 @pytest.fixture(scope="session")
 def s3_client(local_platform: LocalPlatform) -> Any:
     """A boto3 S3 client (path-style) on the platform's SeaweedFS endpoint."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=local_platform.s3_endpoint,
-        aws_access_key_id=local_platform.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=local_platform.env["AWS_SECRET_ACCESS_KEY"],
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
-    )
+    return local_platform.s3()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -8,10 +8,6 @@ read back with psycopg2 (rows in PostgreSQL), boto3 (objects in the bucket) and 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from trainer_helpers import MODELS, Trained, split_payload, train, wait_until_served
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = ("linear_model", "logistic_model", "random_forest_model")
 EXPECTED_METRICS = {
     "linear_model": {"rmse", "mae", "r2", "fit_time_seconds"},
     "logistic_model": {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"},
@@ -35,33 +31,6 @@ EXPECTED_PLOTS = {
     "random_forest_model": {"confusion_matrix.png", "roc_curve.png", "feature_importances.png",
                             "feature_importances.csv"},
 }  # fmt: skip
-SERVING_WAIT_SECONDS = 90
-
-
-@dataclass
-class Trained:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def trainer_env(platform: Any) -> dict[str, str]:
-    """What a user's shell has: the tracking URI, and no S3 credentials at all."""
-    hidden = ("AWS_", "MLSTACK_S3_", "MLFLOW_S3_")
-    return {k: v for k, v in platform.env.items() if not k.startswith(hidden)}
-
-
-def train(platform: Any, model: str, *args: str) -> Trained:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / model / "train.py"), *args],
-        env=trainer_env(platform),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=ROOT,
-    )
-    return Trained(result.returncode, result.stdout, result.stderr)
 
 
 def query(conn: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -225,26 +194,6 @@ def test_a_sweep_registers_only_its_best_child(
     assert registered_run in child_ids
     best = min(child_ids, key=lambda run: metric(pg_conn, run, "rmse"))
     assert registered_run == best
-
-
-def wait_until_served(invocations_url: str, version: str, payload: dict[str, Any]) -> None:
-    """Poll `invocations_url` until the given version answers (serving polls the registry)."""
-    deadline = time.monotonic() + SERVING_WAIT_SECONDS
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            response = requests.post(invocations_url, json=payload, timeout=10)
-            if response.ok and response.headers.get("x-model-version") == version:
-                return
-            last = f"{response.status_code} v{response.headers.get('x-model-version')}: {response.text[:200]}"
-        except requests.RequestException as exc:
-            last = str(exc)
-        time.sleep(1)
-    pytest.fail(f"{invocations_url} did not serve version {version} in time: {last}")
-
-
-def split_payload(frame: pd.DataFrame) -> dict[str, Any]:
-    return {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
 
 
 def local_predictions(platform: Any, model: str, version: str, frame: pd.DataFrame) -> np.ndarray:

@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from test_trainers import MODELS, split_payload, train, wait_until_served
+from trainer_helpers import MODELS, split_payload, train, wait_until_served
 
 if TYPE_CHECKING:
     from conftest import LocalPlatform, PlatformFactory
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.reliability
 
 ROOT = Path(__file__).resolve().parents[2]
 # What "the same platform" means to a user: every row of these tables, compared as sets.
@@ -83,17 +83,7 @@ def db_rows(platform: LocalPlatform) -> dict[str, set[tuple[Any, ...]]]:
 
 def bucket_objects(platform: LocalPlatform) -> dict[str, str]:
     """Every object in the platform's bucket with its sha256, read with boto3."""
-    import boto3
-    from botocore.config import Config
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=platform.s3_endpoint,
-        aws_access_key_id=platform.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=platform.env["AWS_SECRET_ACCESS_KEY"],
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
-    )
+    s3 = platform.s3()
     found = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=platform.bucket):
         for item in page.get("Contents", []):

@@ -41,7 +41,7 @@ from mlstack.local.processes import ProcessRecord
 if TYPE_CHECKING:
     from conftest import LocalPlatform, PlatformFactory
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.reliability
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINER_TIMEOUT_SECONDS = 300
@@ -257,25 +257,11 @@ def versions_of_runs(platform: LocalPlatform, run_ids: list[str]) -> list[tuple[
     )
 
 
-def s3_client(platform: LocalPlatform) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=platform.s3_endpoint,
-        aws_access_key_id=platform.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=platform.env["AWS_SECRET_ACCESS_KEY"],
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
-    )
-
-
 def files_under(platform: LocalPlatform, location: str) -> set[str]:
     """File names in the bucket under a `mlflow-artifacts:/...` location."""
     prefix = f"{platform.env['MLSTACK_ARTIFACTS_PREFIX']}/{location.split(':', 1)[1].lstrip('/')}/"
     names: set[str] = set()
-    pages = s3_client(platform).get_paginator("list_objects_v2")
+    pages = platform.s3().get_paginator("list_objects_v2")
     for page in pages.paginate(Bucket=platform.bucket, Prefix=prefix):
         names |= {obj["Key"].rsplit("/", 1)[-1] for obj in page.get("Contents", [])}
     return names
