@@ -7,9 +7,10 @@ usage() {
   cat <<'USAGE'
 Usage: scripts/test.sh [-h] [TIER ...]
 
-Tiers (default: unit integration docker):
-  unit         fast tests, no services
-  integration  the local platform: real PostgreSQL, S3 (SeaweedFS) and MLflow server (~5-8 min)
+Tiers (default: unit integration reliability docker):
+  unit         fast tests, no services (~15 s)
+  integration  the local platform: real PostgreSQL, S3 (SeaweedFS), MLflow server, serving (~5-6 min)
+  reliability  fault injection and backup/restore on dedicated local platforms (~4 min)
   docker       the real docker-compose.yml with `docker compose`; provides a Docker engine and
                Compose v2 when none answers, and builds offline stand-ins when no registry answers
 Extra pytest arguments: PYTEST_ARGS="-x -k name" scripts/test.sh unit
@@ -19,11 +20,11 @@ tiers=()
 for arg in "$@"; do
   case "$arg" in
     -h|--help) usage; exit 0 ;;
-    unit|integration|docker) tiers+=("$arg") ;;
+    unit|integration|reliability|docker) tiers+=("$arg") ;;
     *) echo "test.sh: unknown tier '$arg'" >&2; usage >&2; exit 2 ;;
   esac
 done
-[ ${#tiers[@]} -gt 0 ] || tiers=(unit integration docker)
+[ ${#tiers[@]} -gt 0 ] || tiers=(unit integration reliability docker)
 
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
