@@ -60,7 +60,6 @@ class Outcome:
     run_id: str
     experiment_id: str
     metrics: dict[str, float]
-    model_uri: str
     decision: Any  # registry.PromotionDecision
     children: int
 
@@ -193,7 +192,6 @@ class TrainingRun:
         commit = git_commit(model_dir)
         if commit:
             self.tags["mlstack.git_commit"] = commit
-        self.active_run_id: str | None = None
         self.run_ids: list[str] = []  # every run this invocation started, top run first
         self.failure: BaseException | None = None  # the first error inside a run
 
@@ -261,7 +259,7 @@ class TrainingRun:
         metric = self.params.promote.metric
         run_name = f"{name}-sweep" if combos else name
         with mlflow.start_run(run_name=run_name) as top, self._failing_fast():
-            top_id = self.active_run_id = top.info.run_id
+            top_id = top.info.run_id
             self.run_ids.append(top_id)
             if not combos:
                 best_run, best = top_id, self._train_in(top_id, self.params, name)
@@ -279,12 +277,10 @@ class TrainingRun:
             decision = register_and_promote(
                 self.client, model_uri, name, best_run, self.params.promote, best.metrics[metric]
             )
-        self.active_run_id = None
         return Outcome(
             run_id=top_id,
             experiment_id=experiment.experiment_id,
             metrics=best.metrics,
-            model_uri=model_uri,
             decision=decision,
             children=len(combos),
         )
