@@ -9,7 +9,10 @@ checks they answer the same predictions, then drives them with the same keep-ali
 generator (asyncio + raw sockets, run in its own process so it is not the server's bottleneck):
 payloads of 1 and 100 rows (`dataframe_split`), 1 and 8 concurrent connections, each cell
 `--duration` seconds after `--warmup`, alternating stock / mlstack cell by cell. Prints
-requests/s, p50 and p99 per server and the throughput ratio. Everything it starts, it stops.
+requests/s, p50 and p99 per server and the throughput ratio, and draws them as a chart
+(`--chart`, default bench/serving_bench.png). Everything it starts, it stops.
+
+    python bench/serving_bench.py --from-json results.json   # redraw a `--json-out` run's chart
 
 Not a test: timings on a shared 2-core machine are noisy; compare ratios.
 """
@@ -18,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import os
+import platform as host_platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +41,7 @@ from typing import Any
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 HOST = "127.0.0.1"
 ALIAS = "champion"
+DEFAULT_CHART = Path(__file__).resolve().parent / "serving_bench.png"
 
 
 # --- load generator (runs in a child process: `serving_bench.py _load ...`) ----------------------
@@ -154,9 +161,11 @@ def platform(args: argparse.Namespace, env: dict[str, str]) -> Iterator[str]:
         subprocess.run([*cmd, *up], env=env, check=True, timeout=600)
         yield f"http://{HOST}:{mlflow_port}"
     finally:
-        subprocess.run(
+        down = subprocess.run(
             [*cmd, "down", "--state-dir", str(state_dir)], env=env, check=False, timeout=180
         )
+        if down.returncode == 0:  # its data are of no further use; keep them if something runs
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @dataclass
@@ -274,8 +283,26 @@ def run_cell(port: int, body: bytes, clients: int, args: argparse.Namespace) -> 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def machine_context(args: argparse.Namespace) -> dict[str, Any]:
+    """What the numbers depend on, stated on the chart and in the JSON: the machine and its load."""
+    import mlflow
+    import sklearn
+
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": round(os.getloadavg()[0], 2),
+        "python": host_platform.python_version(),
+        "mlflow": mlflow.__version__,
+        "scikit_learn": sklearn.__version__,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+    }
+
+
 def bench_main(args: argparse.Namespace) -> None:
     env = {**os.environ, **TELEMETRY_OFF}
+    context = machine_context(args)
     rows: list[dict[str, Any]] = []
     with platform(args, env) as tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -297,10 +324,109 @@ def bench_main(args: argparse.Namespace) -> None:
                             cell[kind] = run_cell(ports[kind], model.payloads[size], clients, args)
                         rows.append(cell)
                         print_row(cell, header=len(rows) == 1)
+    context["load_average_at_end"] = round(os.getloadavg()[0], 2)
     print()
     print_table(rows)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(rows, indent=2))
+        Path(args.json_out).write_text(json.dumps({"context": context, "cells": rows}, indent=2))
+    write_chart(rows, context, Path(args.chart))
+
+
+def redraw_main(args: argparse.Namespace) -> None:
+    """Table and chart again from a `--json-out` file; starts nothing."""
+    saved = json.loads(Path(args.from_json).read_text())
+    rows, context = saved["cells"], saved.get("context", {})
+    print_table(rows)
+    write_chart(rows, context, Path(args.chart))
+
+
+# --- chart ---------------------------------------------------------------------------------------
+COLORS = {"stock": "#9e9e9e", "mlstack": "#1f77b4"}
+LABELS = {"stock": "stock mlflow models serve", "mlstack": "mlstack serve"}
+
+
+def write_chart(rows: list[dict[str, Any]], context: dict[str, Any], path: Path) -> None:
+    """Two panels, one group of bars per cell (model × rows × clients), stock beside mlstack:
+    throughput (requests/s) and p99 latency (ms), both on a log scale (they differ 10-50x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write the file only
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import FuncFormatter
+
+    labels = [
+        f"{c['model']}\n{c['rows']} row{'s' if c['rows'] > 1 else ''}\n"
+        f"{c['clients']} client{'s' if c['clients'] > 1 else ''}"
+        for c in rows
+    ]
+    x = np.arange(len(rows))
+    width = 0.38
+    fig, (rps_ax, p99_ax) = plt.subplots(2, 1, figsize=(11, 8.5), sharex=True)
+    panels = (
+        (
+            rps_ax,
+            "rps",
+            "throughput, requests/s (log; higher is better; bold: mlstack / stock)",
+            "{:,.0f}",
+        ),
+        (p99_ax, "p99_ms", "p99 latency, ms (log; lower is better)", "{:,.1f}"),
+    )
+    for ax, metric, title, fmt in panels:
+        for offset, kind in ((-width / 2, "stock"), (width / 2, "mlstack")):
+            values = [c[kind][metric] for c in rows]
+            bars = ax.bar(x + offset, values, width, color=COLORS[kind], label=LABELS[kind])
+            ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=7.5, padding=2)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,g}"))
+        ax.set_title(title, loc="left", fontsize=11)
+        ax.grid(axis="y", which="major", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.margins(y=0.18)
+        for boundary in range(1, len(rows)):  # separate the models
+            if rows[boundary]["model"] != rows[boundary - 1]["model"]:
+                ax.axvline(boundary - 0.5, color="black", linewidth=0.8, alpha=0.5)
+    for i, cell in enumerate(rows):  # the throughput ratio above each group
+        stock_rps = cell["stock"]["rps"]
+        ratio = cell["mlstack"]["rps"] / stock_rps if stock_rps else float("inf")
+        rps_ax.annotate(
+            f"{ratio:.0f}x",
+            (x[i], 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, -12),
+            textcoords="offset points",
+            ha="center",
+            fontsize=9,
+            fontweight="bold",
+        )
+    handles, names = rps_ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=2, fontsize=9)
+    p99_ax.set_xticks(x, labels, fontsize=8.5)
+    fig.suptitle(
+        "mlstack serve vs stock mlflow models serve: same model version, one worker each", y=0.985
+    )
+    if context:
+        load = f"load average {context.get('load_average_at_start')} at start"
+        if "load_average_at_end" in context:
+            load += f", {context['load_average_at_end']} at end"
+        fig.text(
+            0.5,
+            0.005,
+            f"{context.get('date')}: {context.get('cpus')} CPUs, {load}; Python "
+            f"{context.get('python')}, MLflow {context.get('mlflow')}, scikit-learn "
+            f"{context.get('scikit_learn')}\n{context.get('duration_s')} s per cell after "
+            f"{context.get('warmup_s')} s warm-up. On a shared machine: compare ratios, not "
+            "absolute numbers.",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="#444444",
+        )
+    fig.tight_layout(rect=(0, 0.045, 1, 0.93))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"chart: {path}")
 
 
 def _fmt(result: dict[str, Any]) -> str:
@@ -349,9 +475,19 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", choices=("logreg", "forest"), help="subset")
     parser.add_argument("--prefix", default="bench_", help="registered model name prefix")
     parser.add_argument("--json-out", help="also write the results here")
+    parser.add_argument(
+        "--chart",
+        default=str(DEFAULT_CHART),
+        help="write the chart (PNG) here (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--from-json", help="redraw the table and chart from a --json-out file; runs nothing"
+    )
     args = parser.parse_args()
     if args.command == "_load":
         load_main(args)
+    elif args.from_json:
+        redraw_main(args)
     else:
         bench_main(args)
 
