@@ -62,13 +62,13 @@ check_defaults() {
   if [ -n "$defaults" ]; then
     echo "WARNING: default credentials in use ($defaults still hold the CHANGEME values of" \
       "docker.env) while the stack is published beyond loopback ($exposed). Anyone who can" \
-      "reach those addresses can log in: set new values in docker.env (the README's "Reliability and security")," \
+      "reach those addresses can log in: set new values in docker.env (docs/reliability-security.md)," \
       "or bind the *_BIND variables to 127.0.0.1." >&2
   fi
   if [ -n "${MLSTACK_MLFLOW_BIND:-}" ] && ! is_loopback "$MLSTACK_MLFLOW_BIND" && ! auth_enabled; then
     echo "WARNING: the MLflow UI/API is published on $MLSTACK_MLFLOW_BIND without" \
       "authentication: anyone who can reach it can read and change every run and model." \
-      "Enable docker-compose.auth.yml (the README's "Reliability and security"), or bind MLFLOW_BIND to 127.0.0.1." >&2
+      "Enable docker-compose.auth.yml (docs/reliability-security.md), or bind MLFLOW_BIND to 127.0.0.1." >&2
   fi
   return 0
 }

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, MutableMapping, Sequence
 import requests
 
 # A real API call, not /health: MLflow 3.17 exempts /health from its Host-header check, so a
-# healthy server can still refuse every client call with 403 (see README, troubleshooting).
+# healthy server can still refuse every client call with 403 (see docs/troubleshooting.md).
 _PROBE = "/api/2.0/mlflow/experiments/search"
 
 

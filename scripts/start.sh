@@ -26,7 +26,7 @@ docker compose up -d --build --wait --wait-timeout "${WAIT_TIMEOUT:-600}"
 docker compose ps
 # The tracking server's start-up check, repeated here so it is not lost in the logs: a WARNING
 # when a CHANGEME credential of docker.env is in use and a port is published beyond loopback, or
-# MLflow is published beyond loopback without auth (the README's "Reliability and security").
+# MLflow is published beyond loopback without auth (docs/reliability-security.md).
 docker compose exec -T mlflow mlflow-server --check-defaults || true
 echo
 echo "MLflow UI:  http://localhost:$(docker compose port mlflow 5000 | cut -d: -f2)"

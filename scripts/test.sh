@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command (README and CI): bootstrap the venv, then run each tier in turn.
+# The project's test command (docs/testing.md and CI): bootstrap the venv, then run each tier in turn.
 # A tier that runs no test (pytest exit 5) or skips a test FAILS: a silently skipped tier is a bug.
 set -euo pipefail
 

@@ -1,5 +1,5 @@
 """The optional authentication mode: docker-compose.yml + docker-compose.auth.yml (MLflow's
-basic-auth app), run the way the README's "Reliability and security" tells users to.
+basic-auth app), run the way docs/reliability-security.md tells users to.
 
 No credentials → 401, a wrong password → 401, the admin's → 200, on the published API; /health
 stays open (healthchecks); the users live in PostgreSQL; a trainer run with `docker compose run

@@ -1,4 +1,4 @@
-"""Backup and restore of the Compose stack, end to end, the way the README's "Backup and restore" tells users to do it.
+"""Backup and restore of the Compose stack, end to end, the way docs/backup-restore.md tells users to do it.
 
 Train all three models → `scripts/backup.sh --compose -o ARCHIVE` → `docker compose down -v`
 (every container and both data volumes gone) → `up -d --wait` on empty volumes →

@@ -70,7 +70,7 @@ def test_every_service_healthy(stack: Stack) -> None:
             assert container.attrs["State"]["Health"]["Status"] == "healthy", service
         host_config = container.attrs["HostConfig"]
         assert host_config["SecurityOpt"] == ["no-new-privileges:true"], service
-        # Hardening (the README's "Reliability and security"): no capabilities anywhere, non-root except minio, a
+        # Hardening (docs/reliability-security.md): no capabilities anywhere, non-root except minio, a
         # read-only root filesystem except the two stores.
         assert host_config["CapDrop"] == ["ALL"] and not host_config["CapAdd"], service
         assert not host_config["Privileged"], service

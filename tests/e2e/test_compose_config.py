@@ -1,6 +1,6 @@
 """What `docker compose config` says about the stack's exposure and hardening, with no `.env` and
 none of the developer's variables: exactly the three documented ports, all on 127.0.0.1; nothing
-on PostgreSQL or the S3 API; no capabilities; read-only and non-root where the README's "Reliability and security" says.
+on PostgreSQL or the S3 API; no capabilities; read-only and non-root where docs/reliability-security.md says.
 Checked for docker-compose.yml alone and with the auth overlay. Needs the compose CLI only (no
 engine, no images), so it takes about a second.
 """
