@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -208,6 +209,12 @@ def http_status(url: str, timeout: float = 3.0) -> int | None:
         return int(error.code)
     except (OSError, ValueError):
         return None
+
+
+def http_json(url: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The JSON object answered to GET url (raises on an error status or no answer)."""
+    with _NO_PROXY_OPENER.open(url, timeout=timeout) as response:
+        return dict(json.load(response))
 
 
 def wait_until(

@@ -9,11 +9,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from mlstack.local.processes import (
     LOOPBACK,
     ProcessRecord,
     child_env,
+    http_json,
     http_status,
     open_log,
     spawn_detached,
@@ -22,6 +24,8 @@ from mlstack.local.s3 import REGION
 from mlstack.local.services import Service
 
 DB_UPGRADE_TIMEOUT_SECONDS = 300
+# server-info keys under which MLflow offers presigned (direct-to-S3) transfers.
+PRESIGNED_CAPABILITIES = ("multipart_downloads_enabled", "multipart_uploads_enabled")
 
 
 class TrackingService(Service):
@@ -100,3 +104,21 @@ class TrackingService(Service):
 
     def healthy(self) -> bool:
         return http_status(f"{self.url}/health") == 200
+
+    def after_healthy(self) -> None:
+        """Refuse a server that offers presigned S3 transfers: mlstack's `s3` plugin
+        (mlstack/artifacts.py) is missing from this environment, e.g. an editable install made
+        before pyproject.toml declared it. Clients would otherwise bypass the proxy."""
+        advertised = sorted(key for key in PRESIGNED_CAPABILITIES if self.server_info().get(key))
+        if advertised:
+            error = self.failure(
+                f"advertises presigned S3 transfers ({', '.join(advertised)}): mlstack's `s3` "
+                "artifact plugin is not installed in this Python environment; re-run "
+                "scripts/bootstrap.sh (or `pip install -e .`)"
+            )
+            self.stop()
+            raise error
+
+    def server_info(self) -> dict[str, Any]:
+        """GET /api/3.0/mlflow/server-info: what the server tells clients it offers."""
+        return http_json(f"{self.url}/api/3.0/mlflow/server-info")
