@@ -196,9 +196,39 @@ class Stack:
         out = self.compose("exec", "-T", "mlflow", "python", "-c", code, prefix).stdout
         return dict(json.loads(out.strip().splitlines()[-1]))
 
+    def bucket_object_sha256(self, key: str) -> tuple[int, str]:
+        """(size, sha256) of one object, hashed as it streams (boto3 in the mlflow container, as
+        `bucket_objects`, without holding the body: for artifacts of hundreds of MB)."""
+        code = (
+            "import hashlib, json, os, sys\n"
+            "import boto3\n"
+            "from botocore.config import Config\n"
+            "client = boto3.client('s3', endpoint_url=os.environ['MLFLOW_S3_ENDPOINT_URL'],"
+            " config=Config(s3={'addressing_style': 'path'}))\n"
+            "digest, size = hashlib.sha256(), 0\n"
+            "for chunk in client.get_object(Bucket='mlflow', Key=sys.argv[1])['Body']"
+            ".iter_chunks(1 << 20):\n"
+            "    digest.update(chunk)\n"
+            "    size += len(chunk)\n"
+            "print(json.dumps([size, digest.hexdigest()]))\n"
+        )
+        out = self.compose("exec", "-T", "mlflow", "python", "-c", code, key, timeout=600).stdout
+        size, sha256 = json.loads(out.strip().splitlines()[-1])
+        return int(size), str(sha256)
+
     def bucket_keys(self, prefix: str = "") -> list[str]:
-        """Object keys in the artifact bucket (see `bucket_objects`)."""
-        return sorted(self.bucket_objects(prefix))
+        """Object keys in the artifact bucket (as `bucket_objects`, listing only: no bodies)."""
+        code = (
+            "import json, os, sys\n"
+            "import boto3\n"
+            "from botocore.config import Config\n"
+            "client = boto3.client('s3', endpoint_url=os.environ['MLFLOW_S3_ENDPOINT_URL'],"
+            " config=Config(s3={'addressing_style': 'path'}))\n"
+            "print(json.dumps([item['Key'] for page in client.get_paginator('list_objects_v2')"
+            ".paginate(Bucket='mlflow', Prefix=sys.argv[1]) for item in page.get('Contents', [])]))\n"
+        )
+        out = self.compose("exec", "-T", "mlflow", "python", "-c", code, prefix).stdout
+        return sorted(json.loads(out.strip().splitlines()[-1]))
 
     def up(self, timing: str, *args: str) -> None:
         """`docker compose up -d --wait ARGS`; the time to all healthy is kept as `timing`."""

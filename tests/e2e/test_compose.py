@@ -13,16 +13,16 @@ MLSTACK_E2E_ONLINE=1. Timings (build, up to healthy) are printed at the end of t
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import re
-import subprocess
-import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 import requests
+from host_client import run_host_client
 
 if TYPE_CHECKING:
     from conftest import Stack
@@ -34,7 +34,11 @@ LONG_RUNNING = ("postgres", "minio", "mlflow", "serving")
 ONE_SHOT = ("create-bucket",)
 WRITABLE_ROOT = ("postgres", "minio")  # see docker-compose.yml: socket folder, config at start
 SERVING_PICKUP_SECONDS = 90
-TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+MIB = 1024 * 1024
+# Above MLflow's 500 MB threshold for presigned multipart uploads (MLFLOW_MULTIPART_UPLOAD_...).
+LARGE_ARTIFACT_MIB = 600
+HOST_CLIENT_TIMEOUT = 180
+LARGE_TRANSFER_TIMEOUT = 600  # 600 MB through the proxy takes well under a minute here
 
 
 # --- up ----------------------------------------------------------------------------------------
@@ -189,35 +193,12 @@ def test_serving_answers_with_the_champion(stack: Stack) -> None:
     answer = stack.wait_for_version(version)
     assert answer.headers["X-Model-Name"] == "linear_model"
     served = answer.json()["predictions"]
-    # The same model loaded independently from the registry, through the published UI port.
-    code = (
-        "import json, sys, mlflow, pandas as pd\n"
-        "payload = json.loads(sys.argv[2])['dataframe_split']\n"
-        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
-        "frame = pd.DataFrame(payload['data'], columns=payload['columns'])\n"
-        "print(json.dumps([float(x) for x in model.predict(frame)]))\n"
+    # The same model loaded independently from the registry by a program on the host, through
+    # the published UI port, with a host user's environment (see "host clients" below).
+    payload = json.dumps(stack.diabetes_payload())
+    expected = run_host_client(
+        stack.mlflow_url, "predict", f"models:/linear_model/{version}", payload, timeout=180
     )
-    local = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            f"models:/linear_model/{version}",
-            json.dumps(stack.diabetes_payload()),
-        ],
-        env={
-            **os.environ,
-            **TELEMETRY_OFF,
-            "MLFLOW_TRACKING_URI": stack.mlflow_url,
-            # Else MLflow 3.17 hands out presigned URLs on http://minio:9000, unknown to the host.
-            "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
-        },
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=True,
-    )
-    expected = json.loads(local.stdout.strip().splitlines()[-1])
     assert served == pytest.approx(expected, rel=1e-9)
 
 
@@ -245,6 +226,104 @@ def test_serve_model_script_pins_a_version_and_back(stack: Stack) -> None:
     result = stack.script("serve-model.sh", "linear_model")
     assert result.returncode == 0, result.stdout + result.stderr
     stack.wait_for_version(stack.champion_versions()["linear_model"])
+
+
+# --- host clients: a notebook on the host, MLFLOW_TRACKING_URI=http://127.0.0.1:<port> ----------
+# None of MLFLOW_ENABLE_PROXY_MULTIPART_* is set (tests/host_client.py removes every MLFLOW_*
+# variable but the tracking URI). Were the server to offer presigned transfers, the client would
+# fetch http://minio:9000/... URLs, unknown on the host, and retry for minutes: every call has a
+# timeout so that fails instead of hanging.
+
+
+def champion_run_id(stack: Stack, model: str) -> str:
+    if model not in stack.champion_versions():  # this section run alone (-k host)
+        stack.assert_trained(stack.train(model))
+    rows = stack.psql(
+        "SELECT v.run_id FROM model_versions v JOIN registered_model_aliases a "
+        f"ON a.name = v.name AND a.version = v.version WHERE a.alias = 'champion' AND v.name = '{model}'"
+    )
+    return rows[0][0]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_host_client_server_offers_no_presigned_transfers(stack: Stack) -> None:
+    info = requests.get(f"{stack.mlflow_url}/api/3.0/mlflow/server-info", timeout=30).json()
+    assert info["multipart_downloads_enabled"] is False, info
+    assert info["multipart_uploads_enabled"] is False, info
+
+
+def test_host_client_loads_the_champion_and_predicts(stack: Stack) -> None:
+    champion_run_id(stack, "linear_model")
+    payload = stack.diabetes_payload()
+    predictions = run_host_client(
+        stack.mlflow_url,
+        "predict",
+        "models:/linear_model@champion",
+        json.dumps(payload),
+        timeout=HOST_CLIENT_TIMEOUT,
+    )
+    assert len(predictions) == len(payload["dataframe_split"]["data"])
+    version = stack.champion_versions()["linear_model"]
+    served = stack.wait_for_version(version).json()["predictions"]
+    assert predictions == pytest.approx(served, rel=1e-9)
+
+
+def test_host_client_downloads_a_plot_as_stored(stack: Stack, tmp_path: Path) -> None:
+    run_id = champion_run_id(stack, "linear_model")
+    plots = {
+        key: sha256
+        for key, sha256 in stack.bucket_objects("artifacts/").items()
+        if f"/{run_id}/artifacts/plots/" in key and key.endswith(".png")
+    }
+    assert plots, f"no PNG plot of run {run_id} in the bucket"
+    key, stored = sorted(plots.items())[0]
+    relative = key.split(f"/{run_id}/artifacts/", 1)[1]
+    local = run_host_client(
+        stack.mlflow_url, "download", run_id, relative, str(tmp_path), timeout=HOST_CLIENT_TIMEOUT
+    )
+    assert file_sha256(Path(local)) == stored
+
+
+def test_host_client_round_trips_a_600_mb_artifact(stack: Stack, tmp_path: Path) -> None:
+    source = tmp_path / "weights.bin"
+    digest = hashlib.sha256()
+    with source.open("wb") as handle:  # 1 MiB at a time: never the whole file in memory
+        for index in range(LARGE_ARTIFACT_MIB):
+            block = hashlib.shake_256(index.to_bytes(4, "big")).digest(MIB)
+            digest.update(block)
+            handle.write(block)
+    sha256 = digest.hexdigest()
+
+    started = time.monotonic()
+    run_id = run_host_client(
+        stack.mlflow_url, "upload", "host-client", str(source), timeout=LARGE_TRANSFER_TIMEOUT
+    )
+    stack.timings[f"host upload {LARGE_ARTIFACT_MIB} MiB"] = time.monotonic() - started
+    keys = [
+        k for k in stack.bucket_keys("artifacts/") if k.endswith(f"/{run_id}/artifacts/weights.bin")
+    ]
+    assert len(keys) == 1, keys
+    assert stack.bucket_object_sha256(keys[0]) == (LARGE_ARTIFACT_MIB * MIB, sha256)
+
+    source.unlink()  # room for the copy coming back
+    started = time.monotonic()
+    local = run_host_client(
+        stack.mlflow_url,
+        "download",
+        run_id,
+        "weights.bin",
+        str(tmp_path),
+        timeout=LARGE_TRANSFER_TIMEOUT,
+    )
+    stack.timings[f"host download {LARGE_ARTIFACT_MIB} MiB"] = time.monotonic() - started
+    assert file_sha256(Path(local)) == sha256
 
 
 # --- restart: the volumes keep everything ------------------------------------------------------
