@@ -23,21 +23,38 @@ where it behaves exactly like the built-in one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import posixpath
+from collections.abc import AsyncIterable
+from mimetypes import guess_type
+from typing import Any, BinaryIO
+
 from mlflow.entities import FileInfo
 from mlflow.store.artifact.artifact_repo import (
+    ARTIFACT_STREAM_CHUNK_SIZE,
     ArtifactRepository,
     MultipartDownloadMixin,
     MultipartUploadMixin,
     PresignedUploadMixin,
+    StreamUploadMixin,
 )
 from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
 
 # The mixins whose presence makes the server hand out presigned URLs.
 PRESIGNED_MIXINS = (MultipartDownloadMixin, MultipartUploadMixin, PresignedUploadMixin)
+# Streamed uploads go to S3 in parts of this size (S3's minimum is 5 MiB, its limit 10,000 parts:
+# up to 160 GiB per artifact), so one upload holds at most one part in memory.
+PART_SIZE = 16 * 1024 * 1024
 
 
-class ProxiedS3ArtifactRepository(ArtifactRepository):
-    """MLflow's S3 repository for every read and write, minus presigned URLs."""
+class ProxiedS3ArtifactRepository(ArtifactRepository, StreamUploadMixin):
+    """MLflow's S3 repository for every read and write, minus presigned URLs.
+
+    Unlike MLflow's (3.17), it also takes uploads as a stream (StreamUploadMixin): the server's
+    proxy then sends each request body on to S3 part by part, instead of first writing the whole
+    file to a temporary file, which in the Compose stack is a tmpfs, so memory.
+    """
 
     def __init__(
         self, artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None
@@ -64,6 +81,111 @@ class ProxiedS3ArtifactRepository(ArtifactRepository):
 
     def upload_archived_trace_data_bytes(self, data: bytes) -> None:
         self._s3.upload_archived_trace_data_bytes(data)
+
+    def log_artifact_from_stream(
+        self, stream: BinaryIO, artifact_file_name: str, artifact_path: str | None = None
+    ) -> None:
+        upload = _StreamedUpload(self, artifact_file_name, artifact_path)
+        try:
+            for chunk in iter(lambda: stream.read(ARTIFACT_STREAM_CHUNK_SIZE), b""):
+                upload.add(chunk)
+            upload.finish()
+        except BaseException:
+            upload.abort()
+            raise
+
+    async def log_artifact_from_async_stream(
+        self,
+        chunks: AsyncIterable[bytes],
+        artifact_file_name: str,
+        artifact_path: str | None = None,
+    ) -> None:
+        upload = _StreamedUpload(self, artifact_file_name, artifact_path)
+        try:
+            async for chunk in chunks:
+                if upload.add_would_send(chunk):
+                    await asyncio.to_thread(upload.add, chunk)
+                else:
+                    upload.add(chunk)
+            await asyncio.to_thread(upload.finish)
+        except BaseException:
+            await asyncio.to_thread(upload.abort)
+            raise
+
+
+class _StreamedUpload:
+    """One object written from chunks: a single PUT when it fits in one part, else an S3
+    multipart upload of PART_SIZE parts, aborted on failure (no half object, no stray parts)."""
+
+    def __init__(
+        self, repository: ProxiedS3ArtifactRepository, file_name: str, artifact_path: str | None
+    ) -> None:
+        s3 = repository._s3
+        self.bucket, prefix = s3.parse_s3_compliant_uri(repository.artifact_uri)
+        self.key = posixpath.join(prefix, artifact_path or "", posixpath.basename(file_name))
+        self.client = s3._get_s3_client()
+        self.owner: dict[str, str] = dict(s3._bucket_owner_params)
+        # What MLflow's own upload sets: guessed type and encoding, MLFLOW_S3_UPLOAD_EXTRA_ARGS.
+        content_type, encoding = guess_type(file_name)
+        self.extra: dict[str, Any] = {
+            **({"ContentType": content_type} if content_type else {}),
+            **({"ContentEncoding": encoding} if encoding else {}),
+            **self.owner,
+            **(S3ArtifactRepository.get_s3_file_upload_extra_args() or {}),
+        }
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    def add_would_send(self, chunk: bytes) -> bool:
+        return len(self.buffer) + len(chunk) >= PART_SIZE
+
+    def add(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        while len(self.buffer) >= PART_SIZE:
+            self._send_part(bytes(self.buffer[:PART_SIZE]))
+            del self.buffer[:PART_SIZE]
+
+    def finish(self) -> None:
+        if self.upload_id is None:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer), **self.extra
+            )
+            return
+        if self.buffer:
+            self._send_part(bytes(self.buffer))
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": self.parts},
+            **self.owner,
+        )
+
+    def abort(self) -> None:
+        """Best effort, on the way out of a failure that is raised anyway."""
+        if self.upload_id is not None:
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, **self.owner
+                )
+
+    def _send_part(self, body: bytes) -> None:
+        if self.upload_id is None:
+            created = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, **self.extra
+            )
+            self.upload_id = created["UploadId"]
+        number = len(self.parts) + 1
+        answer = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=body,
+            **self.owner,
+        )
+        self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
 
 
 def advertises_presigned(repository: object) -> bool:
