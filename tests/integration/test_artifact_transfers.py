@@ -105,3 +105,28 @@ def test_host_client_uploads_and_downloads_through_the_proxy(
         uri, "download", run_id, "weights.bin", str(folder), timeout=CLIENT_TIMEOUT
     )
     assert file_sha256(Path(local)) == sha256
+
+
+@pytest.mark.parametrize("size", [0, 1000, 16 * MIB, 32 * MIB + 1])
+def test_streamed_upload_sizes_arrive_whole(
+    local_platform: LocalPlatform, tmp_path: Path, size: int
+) -> None:
+    """The proxy streams uploads to S3 in 16 MiB parts (mlstack/artifacts.py): empty, one small
+    PUT, exactly one part, and parts plus a 1-byte tail all arrive byte for byte."""
+    import mlflow
+
+    source = tmp_path / f"blob-{size}.bin"
+    with source.open("wb") as handle:
+        for offset in range(0, size, MIB):
+            handle.write(
+                hashlib.shake_256(offset.to_bytes(8, "big")).digest(min(MIB, size - offset))
+            )
+    client = mlflow.MlflowClient(local_platform.tracking_uri)
+    experiment = client.get_experiment_by_name("streamed-sizes")
+    experiment_id = (
+        experiment.experiment_id if experiment else client.create_experiment("streamed-sizes")
+    )
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_artifact(run_id, str(source))
+    _, stored = bucket_sha256(local_platform, f"/{run_id}/artifacts/{source.name}")
+    assert stored == file_sha256(source)
