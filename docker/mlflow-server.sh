@@ -8,6 +8,8 @@
 # Environment:
 #   POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB   the same docker.env lines the postgres service uses
 #   POSTGRES_HOST (default postgres), POSTGRES_PORT (default 5432)
+#   MLSTACK_DB_WAIT_SECONDS (default 120)   how long to wait for PostgreSQL to accept a login
+#                                    before giving up (exit 1, naming host and port); 0: try once
 #   MLSTACK_MLFLOW_BIND, MLSTACK_SERVING_BIND, MLSTACK_MINIO_CONSOLE_BIND
 #                                    the host addresses compose publishes (for the warning only)
 #   MLSTACK_AUTH                     none (default) or basic
@@ -81,7 +83,56 @@ fi
 : "${POSTGRES_USER:?set it in docker.env}" "${POSTGRES_PASSWORD:?set it in docker.env}" "${POSTGRES_DB:?set it in docker.env}"
 check_defaults
 export PGPASSWORD="$POSTGRES_PASSWORD"
-backend="postgresql+psycopg2://${POSTGRES_USER}@${POSTGRES_HOST:-postgres}:${POSTGRES_PORT:-5432}/${POSTGRES_DB}"
+db_host=${POSTGRES_HOST:-postgres}
+db_port=${POSTGRES_PORT:-5432}
+backend="postgresql+psycopg2://${POSTGRES_USER}@${db_host}:${db_port}/${POSTGRES_DB}"
+db_wait=${MLSTACK_DB_WAIT_SECONDS:-120}
+case "$db_wait" in
+  "" | *[!0-9]*)
+    echo "mlflow-server: MLSTACK_DB_WAIT_SECONDS must be a whole number of seconds, not '$db_wait'" >&2
+    exit 2
+    ;;
+esac
+
+# Block until PostgreSQL accepts a login over TCP, at most $db_wait seconds: `mlflow db upgrade`
+# tries once and dies on "connection refused", and a database can be late for reasons compose's
+# depends_on does not see (a restart of postgres alone, `docker compose run`, another
+# orchestrator, the socket-only first initialisation of the official image). A refused password
+# or a missing database will not heal by waiting: those end the wait at once.
+wait_for_database() {
+  python - "$db_host" "$db_port" "$db_wait" <<'PY'
+import os
+import sys
+import time
+
+import psycopg2
+
+host, port, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+deadline = time.monotonic() + limit
+waiting_said = False
+while True:
+    try:
+        psycopg2.connect(
+            host=host, port=port, user=os.environ["POSTGRES_USER"],
+            dbname=os.environ["POSTGRES_DB"],
+            connect_timeout=max(1, min(3, int(deadline - time.monotonic()))),
+        ).close()
+        sys.exit(0)
+    except psycopg2.OperationalError as error:
+        last = " ".join(str(error).split())
+    if "password authentication failed" in last or "does not exist" in last:
+        sys.exit(f"mlflow-server: PostgreSQL at {host}:{port} refused the login: {last} (the "
+                 "volume keeps the POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB of its first start)")
+    if time.monotonic() >= deadline:
+        sys.exit(f"mlflow-server: PostgreSQL at {host}:{port} did not accept connections within "
+                 f"{limit} s (MLSTACK_DB_WAIT_SECONDS); last error: {last}")
+    if not waiting_said:
+        print(f"mlflow-server: waiting up to {limit} s for PostgreSQL at {host}:{port} ({last})",
+              file=sys.stderr, flush=True)
+        waiting_said = True
+    time.sleep(1)
+PY
+}
 
 case "${MLSTACK_AUTH:-none}" in
   none) ;;
@@ -110,6 +161,7 @@ INI
     ;;
 esac
 
+wait_for_database
 # Creates the tables on the first start, migrates after an MLflow upgrade, else a no-op. The server
 # itself refuses to start on an out-of-date schema. (The auth tables migrate inside the server.)
 mlflow db upgrade "$backend"
