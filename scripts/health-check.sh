@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One line per service of the Docker platform; exit 1 unless every one is as it should be:
-# long-running services running and healthy, create-bucket exited 0.
+# long-running services running and healthy, the one-shots (config-check, create-bucket) exited 0.
 set -euo pipefail
 
 usage() {
@@ -20,7 +20,7 @@ esac
 
 cd "$(dirname "$0")/.."
 # One-shot services: done when they exited 0.
-one_shot=" create-bucket "
+one_shot=" config-check create-bucket "
 # '|'-separated: HEALTH is empty for services without a healthcheck, and `read` would merge blanks.
 status=$(docker compose ps --all --format '{{.Service}}|{{.State}}|{{.Health}}|{{.ExitCode}}')
 failed=0

@@ -22,7 +22,14 @@ esac
 cd "$(dirname "$0")/.."
 GIT_COMMIT="${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}"
 export GIT_COMMIT
-docker compose up -d --build --wait --wait-timeout "${WAIT_TIMEOUT:-600}"
+if ! docker compose up -d --build --wait --wait-timeout "${WAIT_TIMEOUT:-600}"; then
+  # A docker.env the stores would refuse stops `up` at the config-check service, whose reasons
+  # are only in its log: repeat them here, where the user is looking.
+  if [ "$(docker compose ps --all --format '{{.State}} {{.ExitCode}}' config-check 2>/dev/null)" = "exited 2" ]; then
+    docker compose logs --no-color --no-log-prefix config-check >&2 || true
+  fi
+  exit 1
+fi
 docker compose ps
 # The tracking server's start-up check, repeated here so it is not lost in the logs: a WARNING
 # when a CHANGEME credential of docker.env is in use and a port is published beyond loopback, or

@@ -38,7 +38,7 @@ DEFAULT_PROJECT = os.environ.get("MLSTACK_E2E_PROJECT", "mlstack-e2e")
 
 MODELS = ("linear_model", "logistic_model", "random_forest_model")
 LONG_RUNNING = ("postgres", "minio", "mlflow", "serving")
-ONE_SHOT = ("create-bucket",)
+ONE_SHOT = ("config-check", "create-bucket")
 PG_USER = PG_DB = "mlflow"  # docker.env
 
 BUILD_TIMEOUT = 25 * 60  # a cold build on 2 busy cores

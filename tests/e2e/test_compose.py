@@ -31,7 +31,7 @@ pytestmark = pytest.mark.docker
 
 MODELS = ("linear_model", "logistic_model", "random_forest_model")
 LONG_RUNNING = ("postgres", "minio", "mlflow", "serving")
-ONE_SHOT = ("create-bucket",)
+ONE_SHOT = ("config-check", "create-bucket")
 WRITABLE_ROOT = ("postgres", "minio")  # see docker-compose.yml: socket folder, config at start
 SERVING_PICKUP_SECONDS = 90
 MIB = 1024 * 1024
