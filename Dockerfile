@@ -7,7 +7,7 @@
 # frontend image, and the builtin frontend does all this file needs.
 
 # Any Python 3.11 image works (a private mirror, or tests/e2e's offline stand-in).
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11.17-slim-bookworm
 FROM ${PYTHON_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \

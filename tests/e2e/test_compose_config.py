@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,21 @@ def test_auth_mode_gives_clients_their_login_only() -> None:
         )  # fmt: skip
         assert result.returncode != 0, missing
         assert missing in result.stderr, result.stderr
+
+
+def test_images_are_exact_releases_and_one_python_base() -> None:
+    config = compose_config()
+    images = {name: s["image"] for name, s in config["services"].items() if "build" not in s}
+    # Upstream images: a patch release or a dated release tag, never a floating one.
+    assert re.fullmatch(r"postgres:17\.\d+-bookworm", images.pop("postgres"))
+    assert re.fullmatch(r"pgsty/silo:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", images.pop("minio"))
+    assert not images
+    # Built images: every build gets the same base, and it is the one both Dockerfiles default
+    # to, so `docker build` and `docker compose build` produce the same thing.
+    bases = {
+        s["build"]["args"]["PYTHON_IMAGE"] for s in config["services"].values() if "build" in s
+    }
+    (base,) = bases
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base)
+    for dockerfile in ("Dockerfile", "Dockerfile.mlflow"):
+        assert f"ARG PYTHON_IMAGE={base}\n" in (REPO / dockerfile).read_text(), dockerfile
