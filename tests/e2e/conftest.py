@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -322,15 +322,9 @@ def ensure_offline_images() -> None:
     _offline_images_ready = True
 
 
-@pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
-    """The platform up and healthy, as `docker compose up -d --build --wait` leaves it, for the
-    module's COMPOSE_PROJECT / COMPOSE_OVERLAYS / STACK_ENV. Torn down with `down -v` whatever
-    happens; on any failure, ps and logs are printed first."""
-    require_engine()
-    ensure_offline_images()
-    project = getattr(request.module, "COMPOSE_PROJECT", DEFAULT_PROJECT)
-    files = compose_files(*getattr(request.module, "COMPOSE_OVERLAYS", ()))
+def new_stack(project: str, *overlays: str, **env_vars: str) -> Stack:
+    """A Stack (not started) on free host ports: docker-compose.yml, `overlays`, and offline the
+    stand-in override; a developer's compose variables dropped, `env_vars` added."""
     ports = {"mlflow": free_port(), "serving": free_port(), "console": free_port()}
     env = clean_env()
     env.update(
@@ -339,8 +333,49 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
         MINIO_CONSOLE_BIND=f"127.0.0.1:{ports['console']}",
         MLFLOW_UI_URL=f"http://localhost:{ports['mlflow']}",
     )
-    env.update(getattr(request.module, "STACK_ENV", {}))
-    stack = Stack(project, files, env, ports["mlflow"], ports["serving"], ports["console"])
+    env.update(env_vars)
+    files = compose_files(*overlays)
+    return Stack(project, files, env, ports["mlflow"], ports["serving"], ports["console"])
+
+
+@pytest.fixture(scope="module")
+def bare_stack(request: pytest.FixtureRequest) -> Iterator[Callable[..., Stack]]:
+    """For tests that start parts of the stack themselves, each with its own overlays: a factory
+    `bare_stack(*overlays) -> Stack` on the module's COMPOSE_PROJECT (so the images are built once
+    for the module). Every Stack it made is taken down with `down -v` at the end; on a failure,
+    ps and logs are printed first."""
+    require_engine()
+    ensure_offline_images()
+    project = getattr(request.module, "COMPOSE_PROJECT", DEFAULT_PROJECT)
+    made: list[Stack] = []
+
+    def make(*overlays: str, **env_vars: str) -> Stack:
+        made.append(new_stack(project, *overlays, **env_vars))
+        return made[-1]
+
+    failed_before = request.session.testsfailed
+    try:
+        yield make
+    finally:
+        if made and request.session.testsfailed > failed_before:
+            say(request, made[-1].diagnostics())
+        if made:  # one project: any of its Stacks removes every container and volume of it
+            made[-1].compose("down", "--volumes", "--remove-orphans", check=False)
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """The platform up and healthy, as `docker compose up -d --build --wait` leaves it, for the
+    module's COMPOSE_PROJECT / COMPOSE_OVERLAYS / STACK_ENV. Torn down with `down -v` whatever
+    happens; on any failure, ps and logs are printed first."""
+    require_engine()
+    ensure_offline_images()
+    project = getattr(request.module, "COMPOSE_PROJECT", DEFAULT_PROJECT)
+    stack = new_stack(
+        project,
+        *getattr(request.module, "COMPOSE_OVERLAYS", ()),
+        **getattr(request.module, "STACK_ENV", {}),
+    )
     stack.compose("--profile", "train", "down", "--volumes", "--remove-orphans", timeout=180)
     failed_before = request.session.testsfailed
     try:
