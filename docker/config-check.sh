@@ -12,11 +12,13 @@
 #   POSTGRES_PASSWORD    set (the postgres image refuses to initialise a volume without it)
 # Lengths are in bytes, as MinIO's Go code counts them (the same as characters for ASCII), of the
 # value exactly as compose hands it over from docker.env.
+# POSIX sh: the image's /bin/sh is dash, which has no pipefail in bookworm; the one pipe below
+# (printf | wc) cannot fail in a way that matters.
 set -eu
 
 case "${1:-}" in
   -h | --help)
-    sed -n '2,/^set -eu/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+    sed -n '2,/^# POSIX sh/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
     exit 0
     ;;
   "") ;;
