@@ -33,6 +33,7 @@ from mlstack.tracking import (
     check_tracking_server,
     configure_client_retries,
     describe_run_failure,
+    mark_as_model_training,
     mark_runs_failed,
     stop_client_retries,
 )
@@ -254,6 +255,7 @@ class TrainingRun:
 
         mlflow = self.mlflow
         experiment = mlflow.set_experiment(self.experiment)
+        mark_as_model_training(self.client, experiment)
         name = self.params.registered_model_name
         combos = self.params.sweep_combinations()
         metric = self.params.promote.metric

@@ -7,6 +7,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from typing import Any
 
 import requests
 
@@ -236,3 +237,20 @@ def _mark_runs_failed_with_client(run_ids: list[str]) -> list[str]:
         except Exception:  # report, never mask the original failure
             unmarked.append(run_id)
     return unmarked
+
+
+# MLflow's own experiment tag for what an experiment is about: "custom_model_development" is the
+# kind its UI labels "Machine learning" (the others: "genai_development", and the "*_inferred"
+# guesses the UI makes itself). MLflow 3.17's UI does not yet pick its GenAI / Model training view
+# from it (that is a per-browser switch, docs/browser-tests.md), but the tag says what these
+# experiments are to the UI, to `search_experiments` filters and to later MLflow versions.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
+def mark_as_model_training(client: Any, experiment: Any) -> None:
+    """Tag `experiment` (an mlflow Experiment) as model training, once: no call when it is."""
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+        client.set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+        )
