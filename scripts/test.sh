@@ -7,12 +7,15 @@ usage() {
   cat <<'USAGE'
 Usage: scripts/test.sh [-h] [TIER ...]
 
-Tiers (default: unit integration reliability docker):
+Tiers (default: unit integration reliability docker browser):
   unit         fast tests, no services (~15 s)
   integration  the local platform: real PostgreSQL, S3 (SeaweedFS), MLflow server, serving (~5-6 min)
   reliability  fault injection and backup/restore on dedicated local platforms (~4 min)
   docker       the real docker-compose.yml with `docker compose`; provides a Docker engine and
                Compose v2 when none answers, and builds offline stand-ins when no registry answers
+  browser      the MLflow UI in headless Chromium on the local platform and on the compose stack
+               (docs/browser-tests.md); installs Debian's chromium + chromium-driver, and needs
+               the Docker engine like the docker tier
 Extra pytest arguments: PYTEST_ARGS="-x -k name" scripts/test.sh unit
 USAGE
 }
@@ -20,11 +23,11 @@ tiers=()
 for arg in "$@"; do
   case "$arg" in
     -h|--help) usage; exit 0 ;;
-    unit|integration|reliability|docker) tiers+=("$arg") ;;
+    unit|integration|reliability|docker|browser) tiers+=("$arg") ;;
     *) echo "test.sh: unknown tier '$arg'" >&2; usage >&2; exit 2 ;;
   esac
 done
-[ ${#tiers[@]} -gt 0 ] || tiers=(unit integration reliability docker)
+[ ${#tiers[@]} -gt 0 ] || tiers=(unit integration reliability docker browser)
 
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -46,7 +49,10 @@ run_tier() {
 }
 
 for tier in "${tiers[@]}"; do
-  if [ "$tier" = docker ]; then
+  if [ "$tier" = browser ]; then
+    scripts/install-browser.sh
+  fi
+  if [ "$tier" = docker ] || [ "$tier" = browser ]; then
     tests/e2e/docker-engine.sh install
     tests/e2e/docker-engine.sh start
     # Stop the engine only if we started it (docker-engine.sh keeps track), whatever happens.
