@@ -315,9 +315,20 @@ class TrainingRun:
         return best
 
 
+# MLflow 3.17's UI picks its GenAI or model-training view per browser (localStorage), not from the
+# experiment's `mlflow.experimentKind` tag; this query parameter opens the training view
+# (docs/browser-tests.md, mlflow/mlflow#24498).
+TRAINING_VIEW_QUERY = "workflowType=machine_learning"
+
+
+def run_link(ui_url: str, experiment_id: str, run_id: str) -> str:
+    """The UI address of a run, opening in the model-training view."""
+    return f"{ui_url}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW_QUERY}"
+
+
 def print_summary(outcome: Outcome, ui_url: str) -> None:
     decision = outcome.decision
-    link = f"{ui_url}/#/experiments/{outcome.experiment_id}/runs/{outcome.run_id}"
+    link = run_link(ui_url, outcome.experiment_id, outcome.run_id)
     metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(outcome.metrics.items()))
     lines = [
         "",

@@ -39,6 +39,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from mlstack.runner import TRAINING_VIEW_QUERY, run_link
+
 CHROMIUM = "/usr/lib/chromium/chromium"  # the binary itself, see `chrome_options`
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WINDOW = (1400, 900)
@@ -48,7 +50,7 @@ DOC_SCREENSHOTS = ("experiments.png", "run-page.png", "registry-champion.png")
 # The UI's workspace-wide view switch ("GenAI" | "Model training"). MLflow 3.17 keeps it per
 # browser (localStorage `mlflow.workflowType_v1`, default "genai") and honours this query parameter
 # over it; the experiment tag `mlflow.experimentKind` does not change it (docs/browser-tests.md).
-TRAINING_VIEW = "workflowType=machine_learning"
+TRAINING_VIEW = TRAINING_VIEW_QUERY  # the same query the trainers' summary links carry
 CHAMPION = "champion"
 
 T = TypeVar("T")
@@ -421,8 +423,10 @@ def experiment_url(ui: str, experiment_id: str) -> str:
 
 
 def run_url(ui: str, experiment_id: str, run_id: str, tab: str = "") -> str:
-    suffix = f"/{tab}" if tab else ""
-    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}{suffix}?{TRAINING_VIEW}"
+    """A run page: without a tab, exactly the link a trainer's summary prints."""
+    if not tab:
+        return run_link(ui, experiment_id, run_id)
+    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}/{tab}?{TRAINING_VIEW}"
 
 
 def check_experiments_list(browser: Browser, ui: str, names: list[str]) -> None:
