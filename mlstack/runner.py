@@ -237,6 +237,8 @@ class TrainingRun:
     def _log_model(self, evaluation: Evaluation) -> str:
         from mlflow.models import infer_signature
 
+        from mlstack.model_requirements import sklearn_model_requirements
+
         X_train = self.split.X_train
         signature = infer_signature(X_train, evaluation.estimator.predict(X_train))
         info = self.mlflow.sklearn.log_model(
@@ -245,6 +247,8 @@ class TrainingRun:
             signature=signature,
             input_example=X_train.head(5),
             skops_trusted_types=own_skops_types(evaluation.estimator),
+            # Written, not inferred: inference re-imports the model in a second Python (~7 s).
+            pip_requirements=sklearn_model_requirements(),
         )
         return info.model_uri
 
