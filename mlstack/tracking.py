@@ -249,8 +249,18 @@ MODEL_TRAINING_KIND = "custom_model_development"
 
 
 def mark_as_model_training(client: Any, experiment: Any) -> None:
-    """Tag `experiment` (an mlflow Experiment) as model training, once: no call when it is."""
-    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+    """Tag `experiment` (an mlflow Experiment) as model training, once: no call when it is.
+
+    Trainers started together on a new experiment race to tag it: MLflow's SQL store inserts the
+    tag row, so every writer but the first gets a unique-key error. Losing that race is success
+    when the tag the winner wrote is ours; anything else is re-raised."""
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) == MODEL_TRAINING_KIND:
+        return
+    try:
         client.set_experiment_tag(
             experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
         )
+    except Exception:
+        tags = client.get_experiment(experiment.experiment_id).tags
+        if tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+            raise

@@ -44,3 +44,31 @@ def test_lost_server_and_other_failures() -> None:
     )
     other = tracking.describe_run_failure(ValueError("bad shape"), "http://x:5000")
     assert other == "training failed: ValueError: bad shape"
+
+
+class _TagRace:
+    """An experiment another trainer tags first: our insert then fails as MLflow's SQL store
+    fails it (a unique-key violation answered as BAD_REQUEST)."""
+
+    def __init__(self, winners_value: str) -> None:
+        self.tags: dict[str, str] = {}
+        self.winners_value = winners_value
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        self.tags[key] = self.winners_value
+        raise RuntimeError('duplicate key value violates unique constraint "experiment_tag_pk"')
+
+    def get_experiment(self, experiment_id: str) -> object:
+        return type("Experiment", (), {"experiment_id": experiment_id, "tags": self.tags})()
+
+
+def test_losing_the_race_to_tag_a_new_experiment_is_success() -> None:
+    client = _TagRace(tracking.MODEL_TRAINING_KIND)
+    tracking.mark_as_model_training(client, client.get_experiment("7"))
+    assert client.tags == {tracking.EXPERIMENT_KIND_TAG: tracking.MODEL_TRAINING_KIND}
+
+
+def test_a_tag_failure_that_left_another_kind_is_raised() -> None:
+    client = _TagRace("genai_development")
+    with pytest.raises(RuntimeError, match="experiment_tag_pk"):
+        tracking.mark_as_model_training(client, client.get_experiment("7"))
