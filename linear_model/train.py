@@ -5,15 +5,16 @@ Usage: python linear_model/train.py [--params FILE] [--set key=value ...] [--exp
 
 from pathlib import Path
 
-from sklearn.linear_model import ElasticNet, Lasso, LinearRegression, Ridge
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
 from mlstack.params import LinearParams
 from mlstack.runner import main
 
 
 def build_estimator(p: LinearParams):
+    # Imported here, in the fitting process: the runner imports MLflow meanwhile (mlstack.fitting).
+    from sklearn.linear_model import ElasticNet, Lasso, LinearRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     regressors = {
         "linear": lambda: LinearRegression(fit_intercept=p.fit_intercept),
         "ridge": lambda: Ridge(alpha=p.alpha, fit_intercept=p.fit_intercept),

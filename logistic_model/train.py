@@ -5,15 +5,16 @@ Usage: python logistic_model/train.py [--params FILE] [--set key=value ...] [--e
 
 from pathlib import Path
 
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
 from mlstack.params import LogisticParams
 from mlstack.runner import main
 
 
 def build_estimator(p: LogisticParams):
+    # Imported here, in the fitting process: the runner imports MLflow meanwhile (mlstack.fitting).
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     classifier = LogisticRegression(
         C=p.C,
         l1_ratio=p.l1_ratio,

@@ -1,22 +1,47 @@
-"""Test-set metrics and the plots logged with every run (PNG, plus CSV for coefficients)."""
+"""Test-set metrics, and the numbers behind the plots logged with every run.
+
+Computed in the fitting process, which has scikit-learn; `mlstack.plots` draws them in the runner,
+which has only matplotlib (the runner never imports scikit-learn: mlstack.fitting says why).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: containers and CI have no display
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
-from sklearn.preprocessing import label_binarize
+
+# scikit-learn is imported inside the functions that compute: `mlstack.plots` imports the data
+# classes below into the runner, which must not import scikit-learn.
+
+
+@dataclass(frozen=True)
+class RocCurve:
+    label: str
+    fpr: np.ndarray
+    tpr: np.ndarray
+    auc: float
+
+
+@dataclass(frozen=True)
+class PlotData:
+    """What the plots of one fitted configuration show: test-set truth and predictions for a
+    regression; the confusion matrix and ROC curves for a classification; the final step's
+    coefficients or importances by feature, when it has them."""
+
+    task: str
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    classes: list[str] = field(default_factory=list)
+    confusion: np.ndarray | None = None
+    roc: list[RocCurve] = field(default_factory=list)
+    weights: tuple[str, pd.Series] | None = None
 
 
 def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
+    from sklearn import metrics as skm
+
     return {
         "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
         "mae": float(skm.mean_absolute_error(y_true, y_pred)),
@@ -29,6 +54,8 @@ def classification_metrics(
 ) -> dict[str, float]:
     """Binary: the usual scores on the positive class. Multiclass: macro averages, and ROC AUC
     one-vs-rest."""
+    from sklearn import metrics as skm
+
     binary = len(classes) == 2
     average = "binary" if binary else "macro"
     pos_label = classes[1] if binary else 1
@@ -52,71 +79,45 @@ def classification_metrics(
     return {name: float(value) for name, value in scores.items()}
 
 
-def is_better(candidate: float, incumbent: float, higher_is_better: bool) -> bool:
-    """Strictly better: a tie keeps the incumbent, so re-running the same config changes nothing."""
-    return candidate > incumbent if higher_is_better else candidate < incumbent
+def plot_data(
+    estimator: Any,
+    feature_names: list[str],
+    task: str,
+    y_true: Any,
+    y_pred: Any,
+    y_proba: np.ndarray | None = None,
+    classes: np.ndarray | None = None,
+) -> PlotData:
+    """The numbers `mlstack.plots.draw_plots` draws, for a fitted `estimator` on the test set."""
+    from sklearn import metrics as skm
+    from sklearn.preprocessing import label_binarize
 
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_predicted_vs_actual(y_true: Any, y_pred: Any, out_dir: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(y_true, y_pred, s=12, alpha=0.7)
-    low, high = float(np.min([y_true, y_pred])), float(np.max([y_true, y_pred]))
-    ax.plot([low, high], [low, high], "r--", linewidth=1, label="perfect")
-    ax.set(xlabel="actual", ylabel="predicted", title="Predicted vs actual (test set)")
-    ax.legend()
-    return _save(fig, out_dir / "predicted_vs_actual.png")
-
-
-def plot_residuals(y_true: Any, y_pred: Any, out_dir: Path) -> Path:
-    residuals = np.asarray(y_true) - np.asarray(y_pred)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(y_pred, residuals, s=12, alpha=0.7)
-    ax.axhline(0, color="r", linestyle="--", linewidth=1)
-    ax.set(xlabel="predicted", ylabel="actual - predicted", title="Residuals (test set)")
-    return _save(fig, out_dir / "residuals.png")
-
-
-def plot_confusion_matrix(y_true: Any, y_pred: Any, classes: np.ndarray, out_dir: Path) -> Path:
-    matrix = skm.confusion_matrix(y_true, y_pred, labels=classes)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    skm.ConfusionMatrixDisplay(matrix, display_labels=classes).plot(ax=ax, colorbar=False)
-    ax.set_title("Confusion matrix (test set)")
-    return _save(fig, out_dir / "confusion_matrix.png")
-
-
-def plot_roc(y_true: Any, y_proba: np.ndarray, classes: np.ndarray, out_dir: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 5))
+    weights = feature_weights(estimator, feature_names)
+    truth, predicted = np.asarray(y_true), np.asarray(y_pred)
+    if task == "regression":
+        return PlotData(task, truth, predicted, weights=weights)
+    assert y_proba is not None and classes is not None
     if len(classes) == 2:
-        skm.RocCurveDisplay.from_predictions(
-            y_true, y_proba[:, 1], pos_label=classes[1], ax=ax, name=f"class {classes[1]}"
-        )
+        columns = [(f"class {classes[1]}", truth == classes[1], y_proba[:, 1])]
     else:
-        y_bin = label_binarize(y_true, classes=classes)
-        for index, label in enumerate(classes):
-            skm.RocCurveDisplay.from_predictions(
-                y_bin[:, index], y_proba[:, index], ax=ax, name=f"class {label} vs rest"
-            )
-    ax.plot([0, 1], [0, 1], "k:", linewidth=1)
-    ax.set_title("ROC (test set)")
-    return _save(fig, out_dir / "roc_curve.png")
-
-
-def plot_feature_weights(weights: pd.Series, kind: str, out_dir: Path) -> list[Path]:
-    """Coefficients or feature importances: a bar chart (PNG) and the numbers (CSV)."""
-    ordered = weights.reindex(weights.abs().sort_values().index)
-    csv_path = out_dir / f"{kind}.csv"
-    ordered[::-1].rename(kind).to_csv(csv_path, index_label="feature")
-    fig, ax = plt.subplots(figsize=(6, max(3.0, 0.25 * len(ordered))))
-    ax.barh([str(i) for i in ordered.index], ordered.to_numpy())
-    ax.set(xlabel=kind.replace("_", " "), title=kind.replace("_", " ").capitalize())
-    return [_save(fig, out_dir / f"{kind}.png"), csv_path]
+        binary = label_binarize(truth, classes=classes)
+        columns = [
+            (f"class {label} vs rest", binary[:, i], y_proba[:, i])
+            for i, label in enumerate(classes)
+        ]
+    curves = []
+    for label, positive, score in columns:
+        fpr, tpr, _ = skm.roc_curve(positive, score)
+        curves.append(RocCurve(label, fpr, tpr, float(skm.auc(fpr, tpr))))
+    return PlotData(
+        task,
+        truth,
+        predicted,
+        classes=[str(c) for c in classes],
+        confusion=skm.confusion_matrix(truth, predicted, labels=classes),
+        roc=curves,
+        weights=weights,
+    )
 
 
 def feature_weights(estimator: Any, feature_names: list[str]) -> tuple[str, pd.Series] | None:

@@ -51,6 +51,11 @@ class DataParams(_Strict):
         return self
 
 
+def is_better(candidate: float, incumbent: float, higher_is_better: bool) -> bool:
+    """Strictly better: a tie keeps the incumbent, so re-running the same config changes nothing."""
+    return candidate > incumbent if higher_is_better else candidate < incumbent
+
+
 class PromoteParams(_Strict):
     metric: str = Field(description="The test metric that decides promotion.")
     higher_is_better: bool

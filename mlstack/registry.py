@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import mlflow
 from mlflow import MlflowClient
 
-from mlstack.evaluate import is_better
-from mlstack.params import PromoteParams
+from mlstack.params import PromoteParams, is_better
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mlstack import __version__
-from mlstack.data import Dataset, Split, load_dataset, split_dataset
+from mlstack.fitting import (
+    DataReport,
+    EstimatorBuilder,
+    FittingFailed,
+    FittingProcess,
+    ModelPackage,
+)
 from mlstack.params import ParamsError, TrainerParams, load_params
 from mlstack.settings import Settings, get_settings
 from mlstack.tracking import (
@@ -40,20 +44,9 @@ from mlstack.tracking import (
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_PARAMS, EXIT_NO_TRACKING = 0, 1, 2, 3
 
-EstimatorBuilder = Callable[[Any], Any]
-
 
 def say(message: str) -> None:
     print(f"[mlstack] {message}", flush=True)
-
-
-@dataclass
-class Evaluation:
-    estimator: Any
-    metrics: dict[str, float]
-    y_pred: np.ndarray
-    y_proba: np.ndarray | None
-    classes: np.ndarray | None
 
 
 @dataclass
@@ -91,47 +84,6 @@ def parse_args(model_dir: Path, argv: Sequence[str] | None) -> argparse.Namespac
     return parser.parse_args(argv)
 
 
-def fit_and_evaluate(estimator: Any, split: Split, task: str) -> Evaluation:
-    from mlstack.evaluate import classification_metrics, regression_metrics
-
-    started = time.perf_counter()
-    estimator.fit(split.X_train, split.y_train)
-    fit_seconds = time.perf_counter() - started
-    y_pred = estimator.predict(split.X_test)
-    if task == "regression":
-        metrics, y_proba, classes = regression_metrics(split.y_test, y_pred), None, None
-    else:
-        y_proba = estimator.predict_proba(split.X_test)
-        classes = estimator.classes_
-        metrics = classification_metrics(split.y_test, y_pred, y_proba, classes)
-    metrics["fit_time_seconds"] = fit_seconds
-    return Evaluation(estimator, metrics, y_pred, y_proba, classes)
-
-
-def write_plots(evaluation: Evaluation, split: Split, task: str, out_dir: Path) -> None:
-    from mlstack import evaluate as ev
-
-    if task == "regression":
-        ev.plot_predicted_vs_actual(split.y_test, evaluation.y_pred, out_dir)
-        ev.plot_residuals(split.y_test, evaluation.y_pred, out_dir)
-    else:
-        assert evaluation.y_proba is not None and evaluation.classes is not None
-        ev.plot_confusion_matrix(split.y_test, evaluation.y_pred, evaluation.classes, out_dir)
-        ev.plot_roc(split.y_test, evaluation.y_proba, evaluation.classes, out_dir)
-    weights = ev.feature_weights(evaluation.estimator, list(split.X_train.columns))
-    if weights is not None:
-        ev.plot_feature_weights(weights[1], weights[0], out_dir)
-
-
-def own_skops_types(estimator: Any) -> list[str]:
-    """Types skops will not load by default (e.g. the tree storage of forests) in a model we have
-    just fitted in this process. Trusting them is sound for our own output; MLflow records the list
-    with the model, so loading it later (serving) needs no blanket trust."""
-    import skops.io
-
-    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(estimator)))
-
-
 def git_commit(model_dir: Path) -> str | None:
     configured = get_settings().git_commit
     if configured:
@@ -152,16 +104,16 @@ def git_commit(model_dir: Path) -> str | None:
 
 
 class TrainingRun:
-    """One trainer invocation against a reachable tracking server."""
+    """One trainer invocation against a reachable tracking server: it logs, in MLflow, what the
+    fitting process (`mlstack.fitting`) reports, as the reports arrive."""
 
     def __init__(
         self,
         model_dir: Path,
         params: TrainerParams,
         params_sha256: str,
-        dataset: Dataset,
-        split: Split,
-        build_estimator: EstimatorBuilder,
+        data: DataReport,
+        fitting: FittingProcess,
         experiment: str,
     ) -> None:
         import mlflow
@@ -170,24 +122,22 @@ class TrainingRun:
         self.client = mlflow.MlflowClient()
         self.model_dir = model_dir
         self.params = params
-        self.dataset = dataset
-        self.split = split
-        self.build_estimator = build_estimator
+        self.fitting = fitting
         self.experiment = experiment
         self.task = type(params).task
         self.mlflow_dataset = mlflow.data.from_pandas(
-            dataset.frame,
-            source=dataset.source if Path(dataset.source).is_file() else None,
-            name=dataset.name,
-            targets=dataset.target.name,
+            data.frame,
+            source=data.source if Path(data.source).is_file() else None,
+            name=data.name,
+            targets=data.target_name,
         )
         self.tags = {
             "mlstack.version": __version__,
             "mlstack.model": model_dir.name,
             "mlstack.task": self.task,
             "mlstack.params_sha256": params_sha256,
-            "mlstack.dataset.name": dataset.name,
-            "mlstack.dataset.source": dataset.source,
+            "mlstack.dataset.name": data.name,
+            "mlstack.dataset.source": data.source,
             "mlstack.dataset.digest": self.mlflow_dataset.digest,
         }
         commit = git_commit(model_dir)
@@ -221,39 +171,47 @@ class TrainingRun:
             tags=[RunTag(k, v) for k, v in self.tags.items()],
         )
 
-    def _train_in(self, run_id: str, params: TrainerParams, label: str) -> Evaluation:
-        """Fit, evaluate and log one configuration into the active run `run_id`."""
+    def _train_in(self, run_id: str, index: int, label: str) -> dict[str, float]:
+        """Log configuration `index` into the active run `run_id` as the fitting process reports
+        it: params first, then its metrics and plots. Returns the metrics."""
+        _, _, params = self.fitting.receive("fitting")
         self._log_batch(run_id, params.flat(), {})
         self.mlflow.log_input(self.mlflow_dataset, context="training")
         settings = ", ".join(f"{k}={v}" for k, v in params.hyperparameters().items())
         say(f"fitting {label} ({settings})")
-        evaluation = fit_and_evaluate(self.build_estimator(params), self.split, self.task)
-        self._log_batch(run_id, {}, evaluation.metrics)
-        with tempfile.TemporaryDirectory() as plots:
-            write_plots(evaluation, self.split, self.task, Path(plots))
-            self.mlflow.log_artifacts(plots, artifact_path="plots")
-        return evaluation
+        from mlstack.plots import draw_plots
 
-    def _log_model(self, evaluation: Evaluation) -> str:
-        from mlflow.models import infer_signature
+        _, reported, metrics, plot_data = self.fitting.receive("fitted")
+        assert reported == index, (reported, index)
+        self._log_batch(run_id, {}, metrics)
+        with tempfile.TemporaryDirectory() as plots:
+            draw_plots(plot_data, Path(plots))
+            self.mlflow.log_artifacts(plots, artifact_path="plots")
+        return metrics
+
+    def _log_model(self, package: ModelPackage) -> str:
+        from mlflow.models import Model, infer_signature
 
         from mlstack.model_requirements import sklearn_model_requirements
+        from mlstack.sklearn_flavor import SkopsFileFlavor
 
-        X_train = self.split.X_train
-        signature = infer_signature(X_train, evaluation.estimator.predict(X_train))
-        info = self.mlflow.sklearn.log_model(
-            sk_model=evaluation.estimator,
+        X_train = package.X_train
+        info = Model.log(
+            artifact_path=None,
             name="model",
-            signature=signature,
+            flavor=SkopsFileFlavor(package),
+            signature=infer_signature(X_train, package.train_predictions),
             input_example=X_train.head(5),
-            skops_trusted_types=own_skops_types(evaluation.estimator),
             # Written, not inferred: inference re-imports the model in a second Python (~7 s).
             pip_requirements=sklearn_model_requirements(),
+            # The fitting process already loaded the saved model back and predicted the example
+            # (fitting.package_model); here it would import scikit-learn for the same check.
+            validate_serving_input=False,
         )
         return info.model_uri
 
     def execute(self) -> Outcome:
-        """Train (or sweep), log, register and promote. Everything happens inside the top run, so
+        """Log (or sweep), register and promote. Everything happens inside the top run, so
         any failure, registration included, marks that run FAILED."""
         from mlstack.registry import register_and_promote
 
@@ -268,55 +226,49 @@ class TrainingRun:
             top_id = top.info.run_id
             self.run_ids.append(top_id)
             if not combos:
-                best_run, best = top_id, self._train_in(top_id, self.params, name)
+                best_run, best = top_id, self._train_in(top_id, 0, name)
+                _, package = self.fitting.receive("model")
                 say("logging the model")
-                model_uri = self._log_model(best)
+                model_uri = self._log_model(package)
             else:
-                best_run, best = self._sweep(top_id, combos)
+                child_runs = self._sweep(top_id, len(combos))
+                _, package = self.fitting.receive("model")
+                best_run, best = child_runs[package.index]
                 # Only the best child gets a model (and so a registered version): reopen it.
                 with mlflow.start_run(run_id=best_run, nested=True), self._failing_fast():
-                    say(f"best of the sweep: run {best_run} ({metric}={best.metrics[metric]:.6g})")
-                    model_uri = self._log_model(best)
-                self._log_batch(top_id, {}, best.metrics)
+                    say(f"best of the sweep: run {best_run} ({metric}={best[metric]:.6g})")
+                    model_uri = self._log_model(package)
+                self._log_batch(top_id, {}, best)
                 mlflow.set_tag("mlstack.best_child_run_id", best_run)
             say(f"registering {name}")
             decision = register_and_promote(
-                self.client, model_uri, name, best_run, self.params.promote, best.metrics[metric]
+                self.client, model_uri, name, best_run, self.params.promote, best[metric]
             )
         return Outcome(
             run_id=top_id,
             experiment_id=experiment.experiment_id,
-            metrics=best.metrics,
+            metrics=best,
             decision=decision,
             children=len(combos),
         )
 
-    def _sweep(self, parent_id: str, combos: list[dict[str, Any]]) -> tuple[str, Evaluation]:
-        """One nested run per combination; returns the best child by the promotion metric."""
-        from mlstack.evaluate import is_better
-
-        say(f"sweep: {len(combos)} combinations of {', '.join(self.params.sweep)}")
+    def _sweep(self, parent_id: str, count: int) -> list[tuple[str, dict[str, float]]]:
+        """One nested run per combination, in the fitting process's order: (run id, metrics)."""
+        say(f"sweep: {count} combinations of {', '.join(self.params.sweep)}")
         self._log_batch(parent_id, self.params.flat(), {})
         self.mlflow.set_tag("mlstack.sweep", json.dumps(self.params.sweep))
-        metric, higher = self.params.promote.metric, self.params.promote.higher_is_better
-        best: tuple[str, Evaluation] | None = None
         name = self.params.registered_model_name
-        for index, combo in enumerate(combos, start=1):
-            label = f"{name}-{index}"
+        child_runs = []
+        for index in range(count):
+            label = f"{name}-{index + 1}"
             with (
                 self.mlflow.start_run(run_name=label, nested=True) as child,
                 self._failing_fast(),
             ):
                 self.run_ids.append(child.info.run_id)
-                evaluation = self._train_in(
-                    child.info.run_id, self.params.model_copy(update=combo), label
-                )
-            if best is None or is_better(
-                evaluation.metrics[metric], best[1].metrics[metric], higher
-            ):
-                best = (child.info.run_id, evaluation)
-        assert best is not None
-        return best
+                metrics = self._train_in(child.info.run_id, index, label)
+            child_runs.append((child.info.run_id, metrics))
+        return child_runs
 
 
 # MLflow 3.17's UI picks its GenAI or model-training view per browser (localStorage), not from the
@@ -379,22 +331,67 @@ def main(
     args = parse_args(model_dir, argv)
     try:
         params, sha256 = load_params(params_cls, args.params, args.overrides)
-        dataset = load_dataset(params.data, args.params.parent, str(args.params), params_cls.task)
-        split = split_dataset(dataset, params.data, params_cls.task, str(args.params))
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_PARAMS
     experiment = args.experiment or params.experiment
     if args.dry_run:
-        resolved = {"experiment": experiment, **params.model_dump()}
-        print(json.dumps(resolved, indent=2))
-        say(
-            f"dry run: params valid; data {dataset.name}: {len(dataset.features)} rows, "
-            f"{dataset.features.shape[1]} features; nothing was logged"
-        )
-        return EXIT_OK
+        return dry_run(params, args.params, experiment)
+    with tempfile.TemporaryDirectory(prefix="mlstack-train-") as workdir:
+        fitting = FittingProcess(params, args.params, build_estimator, Path(workdir))
+        try:
+            return _train(model_dir, params, sha256, experiment, fitting)
+        finally:
+            fitting.close()
 
+
+def dry_run(params: TrainerParams, params_path: Path, experiment: str) -> int:
+    """Validate params and data, print the resolved params; nothing is logged."""
+    from mlstack.data import load_dataset, split_dataset
+
+    task = type(params).task
+    try:
+        dataset = load_dataset(params.data, params_path.parent, str(params_path), task)
+        split_dataset(dataset, params.data, task, str(params_path))
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BAD_PARAMS
+    print(json.dumps({"experiment": experiment, **params.model_dump()}, indent=2))
+    say(
+        f"dry run: params valid; data {dataset.name}: {len(dataset.features)} rows, "
+        f"{dataset.features.shape[1]} features; nothing was logged"
+    )
+    return EXIT_OK
+
+
+def _train(
+    model_dir: Path,
+    params: TrainerParams,
+    sha256: str,
+    experiment: str,
+    fitting: FittingProcess,
+) -> int:
+    """The runner's side of a run, while `fitting` loads the data and fits beside it."""
     settings = get_settings()
+    # Every MLflow request of the run retries within the window (the server may be restarting).
+    configure_client_retries(settings.retry_window_seconds)
+    # Everything this process will need, imported while the fitting process imports
+    # scikit-learn and loads the data (mlstack.fitting): MLflow, matplotlib, the model writer.
+    import mlflow
+    import mlflow.data.pandas_dataset
+
+    import mlstack.plots
+    import mlstack.registry
+    import mlstack.sklearn_flavor  # noqa: F401
+
+    try:
+        report = fitting.receive("data", "bad-data")
+    except FittingFailed as exc:  # no run exists yet: nothing to mark
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    if report[0] == "bad-data":
+        print(f"error: {report[1]}", file=sys.stderr, flush=True)
+        return EXIT_BAD_PARAMS
     try:
         say(f"checking the tracking server at {settings.tracking_uri}")
         check_tracking_server(
@@ -408,12 +405,8 @@ def main(
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_NO_TRACKING
 
-    # Every MLflow request of the run retries within the window (the server may be restarting).
-    configure_client_retries(settings.retry_window_seconds)
-    import mlflow
-
     mlflow.set_tracking_uri(settings.tracking_uri)
-    run = TrainingRun(model_dir, params, sha256, dataset, split, build_estimator, experiment)
+    run = TrainingRun(model_dir, params, sha256, report[1], fitting, experiment)
     try:
         outcome = run.execute()
     except Exception as exc:  # any failure once runs exist: report it, the runs are marked FAILED

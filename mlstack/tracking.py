@@ -166,7 +166,8 @@ def tracking_server_lost(exc: BaseException, tracking_uri: str) -> str | None:
 def describe_run_failure(exc: BaseException, tracking_uri: str) -> str:
     """The one line a user reads when a started run fails."""
     known = artifact_store_failure(exc, tracking_uri) or tracking_server_lost(exc, tracking_uri)
-    detail = f"{type(exc).__name__}: {exc}"
+    # An error the fitting process reported already names its own type (mlstack.fitting).
+    detail = str(exc) if getattr(exc, "names_its_type", False) else f"{type(exc).__name__}: {exc}"
     return f"{known} ({detail[:300]})" if known else f"training failed: {detail}"
 
 

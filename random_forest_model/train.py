@@ -5,14 +5,15 @@ Usage: python random_forest_model/train.py [--params FILE] [--set key=value ...]
 
 from pathlib import Path
 
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.pipeline import make_pipeline
-
 from mlstack.params import RandomForestParams
 from mlstack.runner import main
 
 
 def build_estimator(p: RandomForestParams):
+    # Imported here, in the fitting process: the runner imports MLflow meanwhile (mlstack.fitting).
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+
     return make_pipeline(
         RandomForestClassifier(
             n_estimators=p.n_estimators,

@@ -7,13 +7,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.datasets import load_wine
+from sklearn.datasets import load_breast_cancer, load_wine
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import Ridge
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mlstack import evaluate as ev
+from mlstack.params import is_better
+from mlstack.plots import draw_plots
 from mlstack.registry import PromotionDecision
 
 pytestmark = pytest.mark.unit
@@ -54,7 +57,7 @@ def test_classification_metrics_binary_and_multiclass() -> None:
 def test_is_better_is_strict(
     candidate: float, incumbent: float, higher: bool, expected: bool
 ) -> None:
-    assert ev.is_better(candidate, incumbent, higher) is expected
+    assert is_better(candidate, incumbent, higher) is expected
 
 
 def test_promotion_decision_summary_and_tags() -> None:
@@ -71,11 +74,15 @@ def test_plots_are_png_and_weights_csv(tmp_path: Path) -> None:
     X, y = data.data, data.target
     forest = make_pipeline(RandomForestClassifier(n_estimators=5, random_state=0)).fit(X, y)
     proba, classes = forest.predict_proba(X), forest.classes_
-    written = [
-        ev.plot_confusion_matrix(y, forest.predict(X), classes, tmp_path),
-        ev.plot_roc(y, proba, classes, tmp_path),
-        *ev.plot_feature_weights(*reversed(ev.feature_weights(forest, list(X.columns))), tmp_path),
-    ]
+    numbers = ev.plot_data(
+        forest, list(X.columns), "classification", y, forest.predict(X), proba, classes
+    )
+    assert numbers.confusion is not None and numbers.confusion.sum() == len(y)
+    assert [curve.label for curve in numbers.roc] == [f"class {c} vs rest" for c in classes]
+    written = draw_plots(numbers, tmp_path)
+    assert sorted(p.name for p in written) == [
+        "confusion_matrix.png", "feature_importances.csv", "feature_importances.png", "roc_curve.png"
+    ]  # fmt: skip
     for path in written:
         assert path.exists() and path.stat().st_size > 0
     for png in (p for p in written if p.suffix == ".png"):
@@ -86,6 +93,19 @@ def test_plots_are_png_and_weights_csv(tmp_path: Path) -> None:
     assert weights["feature_importances"].sum() == pytest.approx(1.0)
 
 
+def test_binary_roc_matches_scikit_learns_auc() -> None:
+    data = load_breast_cancer(as_frame=True)
+    X, y = data.data, data.target
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+    proba = model.predict_proba(X)
+    numbers = ev.plot_data(
+        model, list(X.columns), "classification", y, model.predict(X), proba, model.classes_
+    )
+    (curve,) = numbers.roc
+    assert curve.label == "class 1"
+    assert curve.auc == pytest.approx(roc_auc_score(y, proba[:, 1]))
+
+
 def test_linear_coefficients_by_feature(tmp_path: Path) -> None:
     X = pd.DataFrame({"a": np.arange(20.0), "b": np.ones(20) + np.arange(20.0) % 3})
     y = 3 * X["a"]
@@ -93,6 +113,8 @@ def test_linear_coefficients_by_feature(tmp_path: Path) -> None:
     kind, weights = ev.feature_weights(model, ["a", "b"])
     assert kind == "coefficients"
     assert abs(weights["a"]) > 10 * abs(weights["b"])
-    ev.plot_predicted_vs_actual(y, model.predict(X), tmp_path)
-    ev.plot_residuals(y, model.predict(X), tmp_path)
-    assert (tmp_path / "predicted_vs_actual.png").exists() and (tmp_path / "residuals.png").exists()
+    numbers = ev.plot_data(model, ["a", "b"], "regression", y, model.predict(X))
+    written = draw_plots(numbers, tmp_path)
+    assert sorted(p.name for p in written) == [
+        "coefficients.csv", "coefficients.png", "predicted_vs_actual.png", "residuals.png"
+    ]  # fmt: skip
