@@ -224,8 +224,13 @@ class FittingProcess:
         build_estimator: EstimatorBuilder,
         workdir: Path,
     ) -> None:
-        # fork, not spawn: spawn would re-import the trainer's script, and the point is that the
-        # child starts with nothing heavy imported. Nothing heavy, and no thread, exists yet.
+        # Both processes need numpy and pandas (scikit-learn here, MLflow in the runner): import
+        # them once, before the fork, and each process imports only what the other does not need.
+        import numpy  # noqa: F401
+        import pandas  # noqa: F401
+
+        # fork, not spawn: spawn would re-import the trainer's script (and scikit-learn with it).
+        # No Python thread exists yet; OpenBLAS's own threads are fork-safe (pthread_atfork).
         context = multiprocessing.get_context("fork")
         self._conn, child_conn = context.Pipe(duplex=False)
         self._process = context.Process(
