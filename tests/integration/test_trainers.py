@@ -8,6 +8,8 @@ read back with psycopg2 (rows in PostgreSQL), boto3 (objects in the bucket) and 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from trainer_helpers import MODELS, Trained, split_payload, train, wait_until_served
+from trainer_helpers import (
+    MODELS,
+    Trained,
+    split_payload,
+    train,
+    trainer_env,
+    wait_until_served,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -238,6 +247,42 @@ def test_bad_params_create_no_run(local_platform: Any, pg_conn: Any) -> None:
     assert result.returncode == 2
     assert "key 'C'" in result.stderr
     assert query(pg_conn, count)[0][0] == before
+
+
+def test_a_fit_that_fails_marks_its_run_failed_and_registers_nothing(
+    local_platform: Any, pg_conn: Any, tmp_path: Path
+) -> None:
+    """A user's own trainer whose estimator raises while fitting (in the fitting process): exit 1,
+    the error as the user would want it, the run FAILED in PostgreSQL, no model version."""
+    params = json.loads((ROOT / "logistic_model" / "params.json").read_text())
+    params |= {"registered_model_name": "refusing_model", "experiment": "refusing_experiment"}
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    script = tmp_path / "train.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from mlstack.params import LogisticParams\n"
+        "from mlstack.runner import main\n\n\n"
+        "class Refuses:\n"
+        "    def fit(self, X, y):\n"
+        "        raise ValueError('cannot fit: the data are too perfect')\n\n\n"
+        "raise SystemExit(main(Path(__file__).parent, LogisticParams, lambda p: Refuses()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        env={**trainer_env(local_platform), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error: training failed: ValueError: cannot fit: the data are too perfect" in (
+        result.stderr
+    )
+    ((run_id, _, status),) = runs_of(pg_conn, "refusing_experiment")
+    assert status == "FAILED"
+    assert f"run {run_id} was marked FAILED" in result.stderr
+    assert versions_of(pg_conn, "refusing_model") == []
 
 
 def test_a_user_csv_trains(local_platform: Any, pg_conn: Any, tmp_path: Path) -> None:
