@@ -48,6 +48,9 @@ RUN --mount=type=bind,source=constraints.txt,target=/tmp/build/constraints.txt \
 WORKDIR /app
 COPY mlstack/ /app/mlstack/
 COPY ${MODEL}/ /app/${MODEL}/
+# Bytecode now: the root filesystem is read-only at run time (and PYTHONDONTWRITEBYTECODE is set),
+# so without it every trainer run would compile mlstack/ again before it starts.
+RUN python -m compileall -q /app/mlstack "/app/${MODEL}"
 COPY docker/trainer-entrypoint.sh /usr/local/bin/mlstack-train
 
 # Runs have no .git to read the commit from: `GIT_COMMIT=$(git rev-parse HEAD) docker compose build`.

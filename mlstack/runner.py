@@ -189,6 +189,18 @@ class TrainingRun:
             self.mlflow.log_artifacts(plots, artifact_path="plots")
         return metrics
 
+    def _receive_model(self) -> ModelPackage:
+        """Wait for the packaged model, importing meanwhile what logging and registering it need
+        (the fitting process is importing skops and serialising: seconds)."""
+        import mlflow.models  # noqa: F401
+
+        import mlstack.model_requirements
+        import mlstack.registry
+        import mlstack.sklearn_flavor  # noqa: F401
+
+        _, package = self.fitting.receive("model")
+        return package
+
     def _log_model(self, package: ModelPackage) -> str:
         from mlflow.models import Model, infer_signature
 
@@ -227,12 +239,12 @@ class TrainingRun:
             self.run_ids.append(top_id)
             if not combos:
                 best_run, best = top_id, self._train_in(top_id, 0, name)
-                _, package = self.fitting.receive("model")
+                package = self._receive_model()
                 say("logging the model")
                 model_uri = self._log_model(package)
             else:
                 child_runs = self._sweep(top_id, len(combos))
-                _, package = self.fitting.receive("model")
+                package = self._receive_model()
                 best_run, best = child_runs[package.index]
                 # Only the best child gets a model (and so a registered version): reopen it.
                 with mlflow.start_run(run_id=best_run, nested=True), self._failing_fast():
@@ -375,14 +387,11 @@ def _train(
     settings = get_settings()
     # Every MLflow request of the run retries within the window (the server may be restarting).
     configure_client_retries(settings.retry_window_seconds)
-    # Everything this process will need, imported while the fitting process imports
-    # scikit-learn and loads the data (mlstack.fitting): MLflow, matplotlib, the model writer.
+    # While the fitting process imports scikit-learn and loads the data (mlstack.fitting), this
+    # one imports what it needs first: MLflow. What it needs later is imported while it waits
+    # later (TrainingRun._receive_model), so that nothing here delays the run's start.
     import mlflow
     import mlflow.data.pandas_dataset
-
-    import mlstack.plots
-    import mlstack.registry
-    import mlstack.sklearn_flavor  # noqa: F401
 
     try:
         report = fitting.receive("data", "bad-data")
