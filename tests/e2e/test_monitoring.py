@@ -139,6 +139,9 @@ def test_overlay_config() -> None:
                 "GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES", "GF_NEWS_NEWS_FEED_ENABLED",
                 "GF_USERS_ALLOW_SIGN_UP", "GF_AUTH_ANONYMOUS_ENABLED"):  # fmt: skip
         assert grafana[key] == "false", key
+    for key in ("GF_PLUGINS_PREINSTALL_DISABLED", "GF_SECURITY_DISABLE_GRAVATAR",
+                "GF_PLUGINS_PUBLIC_KEY_RETRIEVAL_DISABLED"):  # fmt: skip
+        assert grafana[key] == "true", key
     docker_env = (REPO / "docker.env").read_text()
     assert re.search(r"# CHANGEME[^\n]*\nGF_SECURITY_ADMIN_PASSWORD=changeme-", docker_env)
 
