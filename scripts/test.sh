@@ -50,7 +50,7 @@ run_tier() {
 
 for tier in "${tiers[@]}"; do
   if [ "$tier" = unit ]; then
-    scripts/install-promtool.sh  # the monitoring rules' tests (tests/unit/test_monitoring.py)
+    scripts/install-promtool.sh  # the monitoring rules' tests (tests/unit/test_monitoring_files.py)
   fi
   if [ "$tier" = browser ]; then
     scripts/install-browser.sh

@@ -182,6 +182,7 @@ Errors read as the real server's (minio/cli over Go's flag package; MinIO's FATA
 import json, os, re, shutil, sys
 
 METRICS_PORT = 9327  # SeaweedFS metrics, loopback inside the container
+PUBLIC_METRICS = os.environ.get("MINIO_PROMETHEUS_AUTH_TYPE", "jwt").lower() == "public"
 
 # The flags of `minio server` (cmd/server-main.go ServerFlags + cmd/main.go GlobalFlags, the same
 # in pgsty/silo), hidden ones included: the real server accepts those too. Kinds as Go parses them.
@@ -344,9 +345,12 @@ os.makedirs("/etc/seaweedfs", exist_ok=True)
 config = {"identities": [
     {"name": user, "credentials": [{"accessKey": user, "secretKey": password}],
      "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
-    # Unauthenticated requests may only read bucket "minio" (reserved in MinIO), which
-    # holds the objects health/live and health/ready: GET /minio/health/live answers 200.
-    {"name": "anonymous", "actions": ["Read:minio"]}]}
+    # Unauthenticated requests may only read bucket "minio" (reserved in MinIO): the objects
+    # health/live and health/ready (GET /minio/health/live answers 200), and the cluster metrics
+    # only with MINIO_PROMETHEUS_AUTH_TYPE=public; otherwise 403 AccessDenied, as MinIO answers a
+    # scrape without its bearer token.
+    {"name": "anonymous", "actions": ["Read:minio/health/*"] + (
+        ["Read:minio/v2/metrics/*"] if PUBLIC_METRICS else [])}]}
 with open("/etc/seaweedfs/s3.json", "w") as f:
     json.dump(config, f)
 os.chmod("/etc/seaweedfs/s3.json", 0o600)
@@ -405,11 +409,11 @@ def minio_metrics(seaweed, data_dir):
 
 
 if os.fork() == 0:
-    # Child: once the filer is up, create the health objects through its HTTP API; then, when
-    # MINIO_PROMETHEUS_AUTH_TYPE=public, keep the object behind /minio/v2/metrics/cluster fresh
-    # (every 5 s). The real server answers that path only with a bearer token unless "public";
-    # without "public" the stand-in has no such object (404 instead of MinIO's 403: unscrapable
-    # either way).
+    # Child: once the filer is up, create the health objects through its HTTP API; then keep
+    # the object behind /minio/v2/metrics/cluster fresh (every 5 s). Who may read it is the
+    # anonymous identity's business above: everyone with MINIO_PROMETHEUS_AUTH_TYPE=public,
+    # nobody without (a bearer token, which the real server would check, the stand-in does not
+    # know: use public).
     import time, urllib.request
     for _ in range(120):
         try:
@@ -419,8 +423,7 @@ if os.fork() == 0:
             break
         except OSError:
             time.sleep(1)
-    public = os.environ.get("MINIO_PROMETHEUS_AUTH_TYPE", "jwt").lower() == "public"
-    while public:
+    while True:
         try:
             seaweed = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5)
             body = minio_metrics(seaweed.read().decode(), data).encode()

@@ -7,7 +7,7 @@ rules are loaded, and MlstackPostgresDown fires when PostgreSQL stops.
 Offline, Prometheus and postgres_exporter are the Debian-package stand-ins
 (tests/e2e/compose.monitoring.offline.yml) and Grafana is not started: it has no stand-in, so its
 queries are evaluated here by Prometheus itself, and its files are checked for Grafana's formats
-in tests/unit/test_monitoring.py. `test_overlay_config` needs only the compose CLI.
+in tests/unit/test_monitoring_files.py. `test_overlay_config` needs only the compose CLI.
 """
 
 from __future__ import annotations
@@ -245,6 +245,33 @@ def test_one_scrape_counts_every_serving_worker(stack: Any) -> None:
         "exec", "-T", "serving", "sh", "-c", "ls /tmp/mlstack-serve-metrics-*/"
     ).stdout
     assert len(set(re.findall(r"counter_(\d+)\.db", listing))) >= 2, listing
+
+
+def test_s3_metrics_need_public_auth_type(stack: Any) -> None:
+    # The S3 store's image (the stand-in offline, pgsty/silo online), run twice on its own with no
+    # network: an unauthenticated scrape is refused (403) unless MINIO_PROMETHEUS_AUTH_TYPE=public.
+    image = json.loads(stack.compose("config", "--format", "json").stdout)["services"]["minio"][
+        "image"
+    ]
+    probe = (
+        "for i in $(seq 60); do code=$(curl -s -o /dev/null -w '%{http_code}' "
+        "http://127.0.0.1:9000/minio/v2/metrics/cluster); "
+        'case $code in 200|403) echo $code; exit 0;; esac; sleep 1; done; echo "$code"'
+    )
+    for auth_type, expected in (("jwt", "403"), ("public", "200")):
+        name = f"{COMPOSE_PROJECT}-s3-metrics-{auth_type}-{os.getpid()}"
+        subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "--network", "none",
+                        "-e", f"MINIO_PROMETHEUS_AUTH_TYPE={auth_type}", image, "server", "/data"],
+                       check=True, capture_output=True, timeout=120)  # fmt: skip
+        try:
+            # The stand-in writes the metrics object a few seconds after start: wait for 200/403.
+            code = subprocess.run(["docker", "exec", name, "sh", "-c", probe],
+                                  capture_output=True, text=True, timeout=120,
+                                  check=False).stdout.strip()  # fmt: skip
+            assert code == expected, (auth_type, code)
+        finally:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60,
+                           check=False)  # fmt: skip
 
 
 def test_alert_rules_are_loaded(stack: Any) -> None:
