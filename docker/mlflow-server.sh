@@ -10,7 +10,8 @@
 #   POSTGRES_HOST (default postgres), POSTGRES_PORT (default 5432)
 #   MLSTACK_DB_WAIT_SECONDS (default 120)   how long to wait for PostgreSQL to accept a login
 #                                    before giving up (exit 1, naming host and port); 0: try once
-#   MLSTACK_MLFLOW_BIND, MLSTACK_SERVING_BIND, MLSTACK_MINIO_CONSOLE_BIND
+#   MLSTACK_MLFLOW_BIND, MLSTACK_SERVING_BIND, MLSTACK_MINIO_CONSOLE_BIND (and, with the
+#   monitoring overlay, MLSTACK_GRAFANA_BIND, MLSTACK_PROMETHEUS_BIND)
 #                                    the host addresses compose publishes (for the warning only)
 #   MLSTACK_AUTH                     none (default) or basic
 #   MLFLOW_AUTH_ADMIN_USERNAME (default admin), MLFLOW_AUTH_ADMIN_PASSWORD,
@@ -23,6 +24,8 @@ set -eu
 # auth is on.
 DEFAULT_CREDENTIALS="POSTGRES_PASSWORD MINIO_ROOT_PASSWORD AWS_SECRET_ACCESS_KEY"
 AUTH_CREDENTIALS="MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY"
+# Grafana's admin password counts only with the monitoring overlay (it sets MLSTACK_GRAFANA_BIND).
+MONITORING_CREDENTIALS="GF_SECURITY_ADMIN_PASSWORD"
 
 # A compose published address (`HOST:PORT`, `[V6]:PORT`, or a bare port) bound to loopback only?
 is_loopback() {
@@ -47,13 +50,17 @@ auth_enabled() {
 # beyond loopback and a credential still holds its CHANGEME default, or MLflow has no login.
 check_defaults() {
   exposed=""
-  for bind in ${MLSTACK_MLFLOW_BIND:-} ${MLSTACK_SERVING_BIND:-} ${MLSTACK_MINIO_CONSOLE_BIND:-}; do
+  for bind in ${MLSTACK_MLFLOW_BIND:-} ${MLSTACK_SERVING_BIND:-} ${MLSTACK_MINIO_CONSOLE_BIND:-} \
+    ${MLSTACK_GRAFANA_BIND:-} ${MLSTACK_PROMETHEUS_BIND:-}; do
     is_loopback "$bind" || exposed="${exposed:+$exposed, }$bind"
   done
   [ -n "$exposed" ] || return 0
   names=$DEFAULT_CREDENTIALS
   if auth_enabled; then
     names="$names $AUTH_CREDENTIALS"
+  fi
+  if [ -n "${MLSTACK_GRAFANA_BIND:-}" ]; then
+    names="$names $MONITORING_CREDENTIALS"
   fi
   defaults=""
   for name in $names; do

@@ -8,7 +8,7 @@ usage() {
 Usage: scripts/test.sh [-h] [TIER ...]
 
 Tiers (default: unit integration reliability docker browser):
-  unit         fast tests, no services (~15 s)
+  unit         fast tests, no services (~15 s); installs promtool (scripts/install-promtool.sh)
   integration  the local platform: real PostgreSQL, S3 (SeaweedFS), MLflow server, serving (~5-6 min)
   reliability  fault injection and backup/restore on dedicated local platforms (~4 min)
   docker       the real docker-compose.yml with `docker compose`; provides a Docker engine and
@@ -49,6 +49,9 @@ run_tier() {
 }
 
 for tier in "${tiers[@]}"; do
+  if [ "$tier" = unit ]; then
+    scripts/install-promtool.sh  # the monitoring rules' tests (tests/unit/test_monitoring_files.py)
+  fi
   if [ "$tier" = browser ]; then
     scripts/install-browser.sh
   fi

@@ -98,6 +98,7 @@ class ServingApp:
 
     def _on_swap(self, slot: ModelSlot, model: ServedModel) -> None:
         self.metrics.model_served(slot.key, model.version)
+        self.metrics.model_identity(slot.key, model.name, model.version)
 
     # --- ASGI entry point ---------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

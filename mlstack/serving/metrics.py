@@ -6,6 +6,10 @@
 - `mlstack_serving_model_loaded{model}`: 1 once a model answers there.
 - `mlstack_serving_model_loads_total{model,result}`: background loads, `success` / `failure`.
 - `mlstack_serving_fast_path_total{model,path}`: invocations answered by `fast` or `mlflow`.
+- `mlstack_serving_model_info{model,name,version}`: 1 for the registered model name and version
+  an endpoint serves now, 0 once replaced (dashboards and the stale-champion alert join on `name`).
+- `mlstack_serving_model_load_failing{model}`: 1 since the endpoint's last load failed, 0 after
+  a load succeeds (the model-failed-to-load alert; monitoring/prometheus/rules/mlstack.yml).
 
 With several workers (`--workers N`), `mlstack serve` points PROMETHEUS_MULTIPROC_DIR at a fresh
 directory and each scrape aggregates all workers (prometheus_client's multiprocess mode).
@@ -73,6 +77,21 @@ class ServingMetrics:
             ("model", "path"),
             registry=registry,
         )
+        self.info = Gauge(
+            "mlstack_serving_model_info",
+            "1 for the registered model name and version an endpoint serves, 0 once replaced.",
+            ("model", "name", "version"),
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.load_failing = Gauge(
+            "mlstack_serving_model_load_failing",
+            "1 since the endpoint's last model load failed, 0 after a load succeeds.",
+            ("model",),
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self._served: dict[str, tuple[str, str]] = {}  # model -> (name, version) labels in use
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, model: str, status: int, seconds: float) -> None:
@@ -91,9 +110,20 @@ class ServingMetrics:
         self.version.labels(model).set(int(version) if version and version.isdigit() else 0)
         self.loaded.labels(model).set(1)
         self.loads.labels(model, "success").inc()
+        self.load_failing.labels(model).set(0)
+
+    def model_identity(self, model: str, name: str | None, version: str | None) -> None:
+        """The registered name and version `model` (an endpoint) now serves, for model_info."""
+        labels = (name or "", version or "")
+        previous = self._served.get(model)
+        if previous is not None and previous != labels:
+            self.info.labels(model, *previous).set(0)
+        self.info.labels(model, *labels).set(1)
+        self._served[model] = labels
 
     def model_load_failed(self, model: str) -> None:
         self.loads.labels(model, "failure").inc()
+        self.load_failing.labels(model).set(1)
 
     def render(self) -> tuple[bytes, str]:
         if self._multiproc_dir:

@@ -5,6 +5,8 @@
 #   mlstack-offline/python:3.11-slim-bookworm   ~ python:3.11-slim-bookworm
 #   mlstack-offline/postgres:17                 ~ postgres:17 (Debian trixie's postgresql-17)
 #   mlstack-offline/minio:latest-standin        ~ a MinIO server image (SeaweedFS `weed mini`)
+#   mlstack-offline/prometheus:2.42             ~ prom/prometheus (Debian's prometheus package)
+#   mlstack-offline/postgres-exporter:0.11      ~ prometheuscommunity/postgres-exporter (Debian's)
 #
 # Measured cold build of all three (2 cores, debootstrap from deb.debian.org): about 1 min 50 s
 # on an idle machine (python 42 s, postgres ~55 s, minio 9 s); 4 min 06 s with the cores busy
@@ -15,6 +17,8 @@ set -euo pipefail
 PY_IMAGE=mlstack-offline/python:3.11-slim-bookworm
 PG_IMAGE=mlstack-offline/postgres:17
 S3_IMAGE=mlstack-offline/minio:latest-standin
+PROM_IMAGE=mlstack-offline/prometheus:2.42
+PGX_IMAGE=mlstack-offline/postgres-exporter:0.11
 SEAWEEDFS_VERSION=4.48
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
@@ -23,10 +27,13 @@ export DOCKER_BUILDKIT=1   # docker CLI 20.10 would otherwise use the legacy bui
 
 usage() {
   cat <<EOF
-usage: $0 [--force] [python|postgres|minio|all]...   (default: all)
-  Builds $PY_IMAGE, $PG_IMAGE, $S3_IMAGE.
-  An image that already exists is skipped unless --force.
-  minio is built FROM the python stand-in (built first if missing).
+usage: $0 [--force] [python|postgres|minio|prometheus|postgres-exporter|all]...   (default: all)
+  Builds $PY_IMAGE, $PG_IMAGE, $S3_IMAGE,
+  $PROM_IMAGE, $PGX_IMAGE.
+  An image that already exists is skipped unless --force, or unless its recipe changed since it
+  was built (minio, prometheus, postgres-exporter carry a label with their recipe's hash).
+  minio, prometheus and postgres-exporter are built FROM the python stand-in (built first if
+  missing).
   Env: DEBIAN_MIRROR (default $MIRROR), WORK_DIR (default $WORK).
 EOF
 }
@@ -172,7 +179,10 @@ S3 identity from MINIO_ROOT_USER / MINIO_ROOT_PASSWORD (default minioadmin/minio
 the real server's rules: a root user of at least 3 characters, a password of at least 8.
 Errors read as the real server's (minio/cli over Go's flag package; MinIO's FATAL blocks).
 """
-import json, os, re, sys
+import json, os, re, shutil, sys
+
+METRICS_PORT = 9327  # SeaweedFS metrics, loopback inside the container
+PUBLIC_METRICS = os.environ.get("MINIO_PROMETHEUS_AUTH_TYPE", "jwt").lower() == "public"
 
 # The flags of `minio server` (cmd/server-main.go ServerFlags + cmd/main.go GlobalFlags, the same
 # in pgsty/silo), hidden ones included: the real server accepts those too. Kinds as Go parses them.
@@ -335,9 +345,12 @@ os.makedirs("/etc/seaweedfs", exist_ok=True)
 config = {"identities": [
     {"name": user, "credentials": [{"accessKey": user, "secretKey": password}],
      "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
-    # Unauthenticated requests may only read bucket "minio" (reserved in MinIO), which
-    # holds the objects health/live and health/ready: GET /minio/health/live answers 200.
-    {"name": "anonymous", "actions": ["Read:minio"]}]}
+    # Unauthenticated requests may only read bucket "minio" (reserved in MinIO): the objects
+    # health/live and health/ready (GET /minio/health/live answers 200), and the cluster metrics
+    # only with MINIO_PROMETHEUS_AUTH_TYPE=public; otherwise 403 AccessDenied, as MinIO answers a
+    # scrape without its bearer token.
+    {"name": "anonymous", "actions": ["Read:minio/health/*"] + (
+        ["Read:minio/v2/metrics/*"] if PUBLIC_METRICS else [])}]}
 with open("/etc/seaweedfs/s3.json", "w") as f:
     json.dump(config, f)
 os.chmod("/etc/seaweedfs/s3.json", 0o600)
@@ -352,9 +365,55 @@ cmd = ["weed", "mini", f"-dir={data}",
        f"-s3.port={s3_port}", "-s3.config=/etc/seaweedfs/s3.json",
        # Admin UI = "console"; its login via an options file keeps the password out of ps.
        f"-admin.port={console_port}", "-options=/etc/seaweedfs/admin.options",
-       "-master.telemetry=false", "-webdav=false"]
+       "-master.telemetry=false", "-webdav=false",
+       # SeaweedFS' own metrics, inside the container only: the source of the MinIO-named
+       # cluster metrics below.
+       f"-metricsIp=127.0.0.1", f"-metricsPort={METRICS_PORT}"]
+
+
+def minio_metrics(seaweed, data_dir):
+    """MinIO's /minio/v2/metrics/cluster names, from SeaweedFS' metrics and the data folder."""
+    requests, errors = {}, {}
+    for line in seaweed.splitlines():
+        match = re.match(r'SeaweedFS_s3_request_total\{(.*)\} (\S+)', line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        api, code, value = labels.get("type", "").lower(), labels.get("code", ""), float(match.group(2))
+        requests[api] = requests.get(api, 0.0) + value
+        if code[:1] in "45":
+            key = (api, code[0])
+            errors[key] = errors.get(key, 0.0) + value
+    used = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(data_dir) for f in fs
+               if os.path.isfile(os.path.join(d, f)))
+    disk = shutil.disk_usage(data_dir)
+    server = 'server="127.0.0.1:9000"'
+    out = ["# TYPE minio_s3_requests_total counter"]
+    out += [f'minio_s3_requests_total{{api="{a}",{server}}} {v}' for a, v in sorted(requests.items())]
+    out.append("# TYPE minio_s3_requests_errors_total counter")
+    for api in sorted({a for a, _ in errors}):
+        total = errors.get((api, "4"), 0.0) + errors.get((api, "5"), 0.0)
+        out.append(f'minio_s3_requests_errors_total{{api="{api}",{server}}} {total}')
+    for cls in ("4", "5"):
+        out.append(f"# TYPE minio_s3_requests_{cls}xx_errors_total counter")
+        out += [f'minio_s3_requests_{cls}xx_errors_total{{api="{a}",{server}}} {v}'
+                for (a, c), v in sorted(errors.items()) if c == cls]
+    out += ["# TYPE minio_cluster_nodes_online_total gauge", "minio_cluster_nodes_online_total 1",
+            "# TYPE minio_cluster_nodes_offline_total gauge", "minio_cluster_nodes_offline_total 0",
+            "# TYPE minio_cluster_capacity_usable_total_bytes gauge",
+            f"minio_cluster_capacity_usable_total_bytes {disk.total}",
+            "# TYPE minio_cluster_capacity_usable_free_bytes gauge",
+            f"minio_cluster_capacity_usable_free_bytes {disk.free}",
+            "# TYPE minio_cluster_usage_total_bytes gauge", f"minio_cluster_usage_total_bytes {used}"]
+    return "\n".join(out) + "\n"
+
+
 if os.fork() == 0:
-    # Child: once the filer is up, create the health objects through its HTTP API.
+    # Child: once the filer is up, create the health objects through its HTTP API; then keep
+    # the object behind /minio/v2/metrics/cluster fresh (every 5 s). Who may read it is the
+    # anonymous identity's business above: everyone with MINIO_PROMETHEUS_AUTH_TYPE=public,
+    # nobody without (a bearer token, which the real server would check, the stand-in does not
+    # know: use public).
     import time, urllib.request
     for _ in range(120):
         try:
@@ -364,6 +423,17 @@ if os.fork() == 0:
             break
         except OSError:
             time.sleep(1)
+    while True:
+        try:
+            seaweed = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5)
+            body = minio_metrics(seaweed.read().decode(), data).encode()
+            url = "http://127.0.0.1:8888/buckets/minio/v2/metrics/cluster"
+            request = urllib.request.Request(url, data=body, method="PUT",
+                                             headers={"Content-Type": "text/plain; version=0.0.4"})
+            urllib.request.urlopen(request, timeout=5)
+        except OSError:
+            pass
+        time.sleep(5)
     os._exit(0)
 print("minio stand-in:", " ".join(cmd), file=sys.stderr, flush=True)
 os.execvp("weed", cmd)
@@ -477,8 +547,66 @@ ENTRYPOINT ["minio"]
 CMD ["server", "/data", "--console-address", ":9001"]
 EOF
   # Host networking: the only way a build step reaches the package registries here.
-  docker build --network host -t "$S3_IMAGE" "$ctx"
+  docker build --network host --label "$REVISION_LABEL=$(revision minio)" -t "$S3_IMAGE" "$ctx"
   rm -rf "$ctx"
+}
+
+# Dockerfiles of stand-ins from Debian bookworm's packages, shaped like the upstream images: the
+# binary at the same path, the same unprivileged user (nobody), ENTRYPOINT, CMD, data volume.
+# wget: docker-compose.monitoring.yml's healthchecks use it (busybox's in the upstream images).
+prometheus_dockerfile() {
+  cat <<EOF
+FROM $PY_IMAGE
+RUN apt-get update && apt-get install -y --no-install-recommends prometheus wget \\
+ && rm -rf /var/lib/apt/lists/* \\
+ && mkdir -p /prometheus && chown nobody:nogroup /prometheus
+USER nobody
+WORKDIR /prometheus
+VOLUME /prometheus
+EXPOSE 9090
+ENTRYPOINT ["/bin/prometheus"]
+CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
+EOF
+}
+
+postgres_exporter_dockerfile() {
+  cat <<EOF
+FROM $PY_IMAGE
+RUN apt-get update && apt-get install -y --no-install-recommends prometheus-postgres-exporter wget \\
+ && rm -rf /var/lib/apt/lists/* \\
+ && ln -s /usr/bin/prometheus-postgres-exporter /usr/bin/postgres_exporter
+USER nobody
+EXPOSE 9187
+ENTRYPOINT ["/bin/postgres_exporter"]
+EOF
+}
+
+build_prometheus() {
+  have_image "$PY_IMAGE" || build_python
+  prometheus_dockerfile | docker build --network host \
+    --label "$REVISION_LABEL=$(revision prometheus)" -t "$PROM_IMAGE" -
+}
+
+build_postgres_exporter() {
+  have_image "$PY_IMAGE" || build_python
+  postgres_exporter_dockerfile | docker build --network host \
+    --label "$REVISION_LABEL=$(revision postgres-exporter)" -t "$PGX_IMAGE" -
+}
+
+# A short hash of what an image is built from, kept as a label: a changed recipe rebuilds it.
+REVISION_LABEL=org.mlstack.standin-revision
+revision() {
+  case $1 in
+    minio) minio_shim; mc_shim; declare -f build_minio ;;
+    prometheus) prometheus_dockerfile ;;
+    postgres-exporter) postgres_exporter_dockerfile ;;
+  esac | sha256sum | cut -c1-16
+}
+# IMAGE TARGET: the image exists and, for a labelled target, was built from the current recipe.
+up_to_date() {
+  have_image "$1" || return 1
+  case $2 in python|postgres) return 0 ;; esac
+  [ "$(docker image inspect -f "{{index .Config.Labels \"$REVISION_LABEL\"}}" "$1")" = "$(revision "$2")" ]
 }
 
 force=0 targets=()
@@ -486,23 +614,26 @@ for a in "$@"; do
   case "$a" in
     -h|--help) usage; exit 0 ;;
     --force) force=1 ;;
-    python|postgres|minio) targets+=("$a") ;;
-    all) targets+=(python postgres minio) ;;
+    python|postgres|minio|prometheus|postgres-exporter) targets+=("$a") ;;
+    all) targets+=(python postgres minio prometheus postgres-exporter) ;;
     *) usage >&2; exit 2 ;;
   esac
 done
-[ ${#targets[@]} -gt 0 ] || targets=(python postgres minio)
+[ ${#targets[@]} -gt 0 ] || targets=(python postgres minio prometheus postgres-exporter)
 [ "$(id -u)" = 0 ] || { log "must run as root (debootstrap)"; exit 1; }
 command -v debootstrap >/dev/null || { log "debootstrap missing: run docker-engine.sh install"; exit 1; }
 docker info >/dev/null 2>&1 || { log "no docker engine: run docker-engine.sh start"; exit 1; }
 mkdir -p "$WORK"
 
 for t in "${targets[@]}"; do
-  case $t in python) img=$PY_IMAGE ;; postgres) img=$PG_IMAGE ;; minio) img=$S3_IMAGE ;; esac
-  if have_image "$img" && [ $force = 0 ]; then log "$img exists, skipping (--force rebuilds)"; continue; fi
+  case $t in
+    python) img=$PY_IMAGE ;; postgres) img=$PG_IMAGE ;; minio) img=$S3_IMAGE ;;
+    prometheus) img=$PROM_IMAGE ;; postgres-exporter) img=$PGX_IMAGE ;;
+  esac
+  if up_to_date "$img" "$t" && [ $force = 0 ]; then log "$img exists, skipping (--force rebuilds)"; continue; fi
   start=$SECONDS old_id=$(docker image inspect -f '{{.Id}}' "$img" 2>/dev/null || true)
   log "building $img"
-  "build_$t"
+  "build_${t/-/_}"
   # A --force rebuild leaves the previous image untagged; drop it unless something uses it.
   if [ -n "$old_id" ] && [ "$old_id" != "$(docker image inspect -f '{{.Id}}' "$img")" ]; then
     docker rmi "$old_id" >/dev/null 2>&1 || true

@@ -170,12 +170,18 @@ def test_broken_version_leaves_the_old_one_serving(registry: Registry, servers: 
     assert len(failure.findall(server.log())) == 1
     metrics = requests.get(f"{server.url}/metrics", timeout=5).text
     assert 'mlstack_serving_model_loads_total{model="default",result="failure"} 1.0' in metrics
+    # What the monitoring alerts read: failing now, and which version still answers.
+    assert 'mlstack_serving_model_load_failing{model="default"} 1.0' in metrics
+    info = f'mlstack_serving_model_info{{model="default",name="{name}",version="{good}"}} 1.0'
+    assert info in metrics
 
     # A fixed good version later still gets picked up.
     fixed = registry.register(name, "constant", constant=5.0)
     assert wait_until(
         lambda: server.post("/invocations", payload()).headers.get("x-model-version") == fixed, 60
     ), server.log()
+    metrics = requests.get(f"{server.url}/metrics", timeout=5).text
+    assert 'mlstack_serving_model_load_failing{model="default"} 0.0' in metrics
 
 
 def test_several_models_on_one_port(registry: Registry, servers: Servers) -> None:

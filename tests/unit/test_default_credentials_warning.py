@@ -115,7 +115,7 @@ def test_every_changeme_secret_of_docker_env_is_checked() -> None:
     "changeme" (what the script looks for) and is in the script's lists."""
     text = SCRIPT.read_text()
     checked = set()
-    for name in ("DEFAULT_CREDENTIALS", "AUTH_CREDENTIALS"):
+    for name in ("DEFAULT_CREDENTIALS", "AUTH_CREDENTIALS", "MONITORING_CREDENTIALS"):
         match = re.search(rf'^{name}="([^"]*)"', text, re.M)
         assert match, name
         checked |= set(match.group(1).split())
@@ -130,3 +130,22 @@ def test_every_changeme_secret_of_docker_env_is_checked() -> None:
     for key, value in secrets.items():
         assert "changeme" in value.lower(), key
         assert key in checked, key
+
+
+def test_monitoring_overlay_adds_grafana_and_prometheus() -> None:
+    monitoring = {
+        "MLSTACK_GRAFANA_BIND": "127.0.0.1:3000",
+        "MLSTACK_PROMETHEUS_BIND": "127.0.0.1:9090",
+    }
+    assert check({**docker_env(), **LOOPBACK, **monitoring}) == ""
+    # Grafana published beyond loopback with its CHANGEME password: named.
+    stderr = check({**docker_env(), **LOOPBACK, **monitoring, "MLSTACK_GRAFANA_BIND": "3000"})
+    assert "GF_SECURITY_ADMIN_PASSWORD" in stderr and "(3000)" in stderr
+    # Prometheus (no login of its own) beyond loopback counts as exposure too.
+    stderr = check(
+        {**docker_env(), **LOOPBACK, **monitoring, "MLSTACK_PROMETHEUS_BIND": "0.0.0.0:9090"}
+    )
+    assert "0.0.0.0:9090" in stderr
+    # Without the overlay, Grafana's password is not in use: not named.
+    stderr = check({**docker_env(), **LOOPBACK, "MLSTACK_SERVING_BIND": "0.0.0.0:5001"})
+    assert "POSTGRES_PASSWORD" in stderr and "GF_SECURITY_ADMIN_PASSWORD" not in stderr
