@@ -17,7 +17,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "mlstack"
 VENV_BIN = REPO / ".venv" / "bin"
-HELM = str(VENV_BIN / "helm")
+HELM = str(VENV_BIN / "helm")  # Helm 3 (3.18)
+HELM4 = str(VENV_BIN / "helm4")  # Helm 4 (4.1): the chart must work with both
 RELEASE = "mlstack"
 NAMESPACE = "mlstack"
 # Oldest: Chart.yaml's kubeVersion; newest: the newest kubernetes-validate has schemas for.
@@ -38,9 +39,9 @@ VALUE_SETS: dict[str, list[str]] = {
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def helm(*args: str, check: bool = True, binary: str = HELM) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [HELM, *args], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        [binary, *args], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
     )
     if check and result.returncode != 0:
         pytest.fail(f"helm {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
@@ -48,12 +49,15 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def render(
-    args: list[str], kube_version: str = KUBE_VERSIONS[-1], release: str = RELEASE
+    args: list[str],
+    kube_version: str = KUBE_VERSIONS[-1],
+    release: str = RELEASE,
+    binary: str = HELM,
 ) -> list[dict[str, Any]]:
     """`helm template` (hooks included) as parsed documents."""
     out = helm(
         "template", release, str(CHART), "--namespace", NAMESPACE,
-        "--kube-version", kube_version, *args,
+        "--kube-version", kube_version, *args, binary=binary,
     ).stdout  # fmt: skip
     return [doc for doc in yaml.safe_load_all(out) if doc]
 

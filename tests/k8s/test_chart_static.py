@@ -14,9 +14,11 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from chart_render import (
     CHART,
     CRD_KINDS,
+    HELM4,
     KUBE_VERSIONS,
     REPO,
     VALUE_SETS,
@@ -77,6 +79,22 @@ def test_helm_lint_strict() -> None:
         result = helm("lint", "--strict", str(CHART), *args, check=False)
         assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
         assert "0 chart(s) failed" in result.stdout
+
+
+def without_generated_values(docs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> list[Any]:
+    """The documents with generated Secrets' values masked (random at every render)."""
+    return [
+        {**d, "data": dict.fromkeys(d.get("data") or {}, "*")} if d["kind"] == "Secret" else d
+        for d in docs
+    ]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_helm_4_lints_and_renders_the_same_manifests(name: str) -> None:
+    result = helm("lint", "--strict", str(CHART), *VALUE_SETS[name], check=False, binary=HELM4)
+    assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
+    helm4_docs = render(VALUE_SETS[name], binary=HELM4)
+    assert without_generated_values(helm4_docs) == without_generated_values(rendered(name))
 
 
 @pytest.mark.parametrize(("name", "version"), MATRIX)
@@ -354,6 +372,13 @@ def test_bad_values_are_refused_naming_the_key(args: list[str], key: str) -> Non
     result = helm("template", "x", str(CHART), *VALUE_SETS["defaults"], *args, check=False)
     assert result.returncode != 0
     assert key in result.stderr, result.stderr
+    # Helm 4 names it as a JSON pointer (`/image/tag`), an unknown key by name.
+    result = helm(
+        "template", "x", str(CHART), *VALUE_SETS["defaults"], *args, check=False, binary=HELM4
+    )
+    assert result.returncode != 0
+    named = ("/" + key.replace(".", "/"), f"'{key}' not allowed", f": {key}:")
+    assert any(form in result.stderr for form in named), result.stderr
 
 
 def test_the_one_required_value_is_named() -> None:
@@ -395,3 +420,35 @@ def test_documented_commands_render_exactly_the_checked_value_sets() -> None:
             f"documented `helm ... charts/mlstack {' '.join(args)}` is not in the k8s tier's matrix"
         )
     assert VALUE_SETS["bundled"] in commands and VALUE_SETS["external"] in commands
+
+
+# Maps documented as one value (free-form or Kubernetes blocks), not key by key.
+WHOLE_VALUES = {
+    "podSecurityContext", "containerSecurityContext", "resources", "extraEnv", "nodeSelector",
+    "tolerations", "affinity", "annotations", "labels", "params", "secretKeys", "persistence",
+    "image",
+}  # fmt: skip
+
+
+def value_keys(values: dict[str, Any], path: str = "") -> set[str]:
+    keys = set()
+    for key, value in values.items():
+        here = f"{path}.{key}" if path else key
+        if here == "image" or (isinstance(value, dict) and value and key not in WHOLE_VALUES):
+            if here == "trainers.models":
+                keys |= {f"trainers.models.<model>.{k}" for m in value.values() for k in m}
+            else:
+                keys |= value_keys(value, here)
+        else:
+            keys.add(here)
+    return keys
+
+
+def test_every_value_is_in_the_documented_values_table() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    page = (REPO / "docs" / "kubernetes.md").read_text()
+    documented = set(re.findall(r"^\| `([^`]+)` \|", page, re.M))
+    missing = value_keys(values) - documented
+    assert not missing, f"values not in docs/kubernetes.md's table: {sorted(missing)}"
+    stale = {k for k in documented if "." in k or k in values} - value_keys(values)
+    assert not stale, f"documented values the chart does not have: {sorted(stale)}"
