@@ -61,9 +61,14 @@ for tier in "${tiers[@]}"; do
   fi
   if [ "$tier" = docker ] || [ "$tier" = browser ] || [ "$tier" = k8s ]; then
     tests/e2e/docker-engine.sh install
+    engine_was_up=false
+    if timeout 10 docker info >/dev/null 2>&1; then engine_was_up=true; fi
     tests/e2e/docker-engine.sh start
-    # Stop the engine only if we started it (docker-engine.sh keeps track), whatever happens.
-    trap 'tests/e2e/docker-engine.sh stop || true' EXIT
+    # Stop the engine only if this run started it, whatever happens: an engine that was already
+    # up is someone else's (another run, a developer), even if docker-engine.sh started it.
+    if [ "$engine_was_up" = false ]; then
+      trap 'tests/e2e/docker-engine.sh stop || true' EXIT
+    fi
   fi
   run_tier "$tier"
 done
