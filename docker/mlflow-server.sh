@@ -151,6 +151,19 @@ while True:
 PY
 }
 
+# The migration alone (the chart's hook Job): the tracking schema, and in auth mode the auth
+# tables too, which the server would otherwise migrate at start, each replica racing the others.
+if [ "$upgrade_only" = true ]; then
+  wait_for_database
+  echo "mlflow-server: upgrading the schema of ${db_host}:${db_port}/${POSTGRES_DB} (--upgrade-only)" >&2
+  mlflow db upgrade "$backend"
+  if [ "${MLSTACK_AUTH:-none}" = basic ]; then
+    python -c 'import sys; from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore; SqlAlchemyStore().init_db(sys.argv[1])' "$backend"
+  fi
+  echo "mlflow-server: schema up to date" >&2
+  exit 0
+fi
+
 case "${MLSTACK_AUTH:-none}" in
   none) ;;
   basic)
@@ -181,12 +194,6 @@ esac
 wait_for_database
 # Creates the tables on the first start, migrates after an MLflow upgrade, else a no-op. The server
 # itself refuses to start on an out-of-date schema. (The auth tables migrate inside the server.)
-if [ "$upgrade_only" = true ]; then
-  echo "mlflow-server: upgrading the schema of ${db_host}:${db_port}/${POSTGRES_DB} (--upgrade-only)" >&2
-  mlflow db upgrade "$backend"
-  echo "mlflow-server: schema up to date" >&2
-  exit 0
-fi
 if [ "${MLSTACK_DB_UPGRADE:-true}" = true ]; then
   mlflow db upgrade "$backend"
 else

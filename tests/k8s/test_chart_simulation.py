@@ -350,3 +350,39 @@ def test_every_simulated_pod_ran_hardened(release: Release) -> None:
         assert "no-new-privileges:true" in state["SecurityOpt"]
         assert "/tmp" in state["Tmpfs"]
         assert state["Memory"] > 0 and state["NanoCpus"] > 0
+
+
+def test_in_auth_mode_the_migration_job_also_creates_the_auth_tables(release: Release) -> None:
+    """Auth mode: the users and permissions tables migrate in the hook Job too, so replicas starting
+    together do not race on them (the server would otherwise migrate them at start)."""
+    password = secrets.token_hex(16)
+    args = [*VALUE_SETS["auth"], "-f", "tests/k8s/simulation-values.yaml"]
+    documents = [
+        *render(args),
+        user_secret("mlstack-postgresql", {"username": "mlflow", "password": password}),
+    ]
+    (job,) = [
+        d for d in documents if d["kind"] == "Job" and d["metadata"]["name"].endswith("-migrate")
+    ]
+    sim = Simulation(documents, namespace="mlstack")
+    try:
+        sim.create_network()
+        postgres = f"{sim.prefix}-external-postgresql"
+        docker(
+            "run", "-d", "--name", postgres, "--network", sim.network, "--network-alias", "external-postgresql",
+            "--label", f"mlstack.k8s-sim={sim.prefix}", "-e", "POSTGRES_USER=mlflow", "-e", "POSTGRES_DB=mlflow",
+            "-e", f"POSTGRES_PASSWORD={password}", POSTGRES_IMAGE,
+        )  # fmt: skip
+        migrate = sim.run_job(job)
+        assert "schema up to date" in migrate.logs()
+        tables = docker(
+            "exec", postgres, "psql", "-U", "mlflow", "-d", "mlflow", "-Atc",
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+        ).stdout.split()  # fmt: skip
+        assert {"users", "experiment_permissions", "registered_model_permissions"} <= set(tables)
+        assert {"runs", "registered_model_aliases", "alembic_version"} <= set(tables)
+    except BaseException:
+        say(sim.diagnostics())
+        raise
+    finally:
+        sim.teardown()
