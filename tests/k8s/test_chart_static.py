@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from functools import cache
 from typing import Any
 
@@ -452,3 +453,35 @@ def test_every_value_is_in_the_documented_values_table() -> None:
     assert not missing, f"values not in docs/kubernetes.md's table: {sorted(missing)}"
     stale = {k for k in documented if "." in k or k in values} - value_keys(values)
     assert not stale, f"documented values the chart does not have: {sorted(stale)}"
+
+
+def test_notes_name_the_next_commands_on_objects_the_release_has() -> None:
+    # `helm install --dry-run=client` renders NOTES.txt without a cluster (Helm 4; Helm 3.18 asks
+    # a cluster for its version first).
+    result = helm(
+        "install", "mlstack", str(CHART), "--namespace", "mlstack", "--dry-run=client",
+        *VALUE_SETS["external"], binary=HELM4,
+    )  # fmt: skip
+    notes = result.stdout.split("NOTES:", 1)[1]
+    docs = rendered("external")
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    (cron,) = re.findall(r"create job --from=cronjob/(\S+)", notes)
+    assert ("CronJob", cron) in names
+    services = re.findall(r"port-forward svc/(\S+)", notes)
+    assert len(services) == 2 and all(("Service", s) in names for s in services)
+    (job,) = re.findall(r"logs job/(\S+)", notes)
+    assert ("Job", job) in names
+
+
+def test_app_version_is_the_project_version_and_the_default_image_tag() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
+    images = {c["image"] for _, spec in workloads(rendered("defaults")) for c in spec["containers"]}
+    assert images == {
+        f"mlstack-mlflow:{project['version']}",
+        *(
+            f"mlstack-{m}_trainer:{project['version']}"
+            for m in ("linear_model", "logistic_model", "random_forest_model")
+        ),
+    }
