@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import tomllib
 from functools import cache
 from typing import Any
@@ -485,3 +486,13 @@ def test_app_version_is_the_project_version_and_the_default_image_tag() -> None:
             for m in ("linear_model", "logistic_model", "random_forest_model")
         ),
     }
+
+
+def test_start_script_refuses_a_bad_upgrade_switch_before_doing_anything() -> None:
+    env = {"PATH": "/usr/bin:/bin", "MLSTACK_DB_UPGRADE": "yes please"}
+    result = subprocess.run(
+        ["sh", str(REPO / "docker" / "mlflow-server.sh"), "--host=0.0.0.0"],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "MLSTACK_DB_UPGRADE must be true or false, not 'yes please'" in result.stderr
