@@ -12,7 +12,8 @@ configuration. What it simulates, and how:
                fsGroup (--group-add), readOnlyRootFilesystem (--read-only), capabilities
                drop ALL (--cap-drop ALL), allowPrivilegeEscalation false (no-new-privileges),
                resource limits (--memory, --cpus)
-  Volumes      emptyDir -> tmpfs (sizeLimit kept), configMap -> read-only files,
+  Volumes      emptyDir -> a fresh empty 0777 directory (a tmpfs for medium: Memory),
+               configMap -> read-only files,
                volumeClaimTemplates -> a named Docker volume per claim
   Services     one network; each pod gets its Services' names (short, namespaced, cluster-domain)
                as network aliases when the selector matches its labels; port == targetPort
@@ -228,10 +229,19 @@ class Simulation:
             volume = volumes.get(mount["name"])
             if mount["name"] in claims:
                 args += ["-v", f"{claims[mount['name']]}:{path}"]
-            elif volume and "emptyDir" in volume:
+            elif volume and "emptyDir" in volume and volume["emptyDir"].get("medium") == "Memory":
                 size = volume["emptyDir"].get("sizeLimit")
                 options = "mode=1777" + (f",size={memory_bytes(size)}" if size else "")
                 args += ["--tmpfs", f"{path}:{options}"]
+            elif volume and "emptyDir" in volume:
+                # What the kubelet makes: a fresh, empty, world-writable directory on the node's
+                # disk. (Not a Docker tmpfs: that copies the mode of the image's folder at the
+                # same path, root-owned 2775 in the offline postgres image, which Kubernetes
+                # does not.) sizeLimit is enforced by eviction there; not simulated.
+                folder = self.workdir / f"{pod_name}-{mount['name']}"
+                folder.mkdir()
+                folder.chmod(0o777)
+                args += ["-v", f"{folder}:{path}"]
             elif volume and "configMap" in volume:
                 folder = self.workdir / f"{pod_name}-{mount['name']}"
                 folder.mkdir(mode=0o755)

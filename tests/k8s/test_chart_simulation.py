@@ -40,6 +40,7 @@ S3_IMAGE = (
     "pgsty/silo:RELEASE.2026-09-16T00-00-00Z" if ONLINE else "mlstack-offline/minio:latest-standin"
 )
 SIM_VALUES = [*VALUE_SETS["external"], "-f", "tests/k8s/simulation-values.yaml"]
+EXAMPLES = "charts/mlstack/examples"
 MODEL = "linear_model"
 BUILD_TIMEOUT = 25 * 60
 
@@ -348,39 +349,79 @@ def test_every_simulated_pod_ran_hardened(release: Release) -> None:
         assert state["ReadonlyRootfs"] is True
         assert state["CapDrop"] == ["ALL"]
         assert "no-new-privileges:true" in state["SecurityOpt"]
-        assert "/tmp" in state["Tmpfs"]
+        mounts = json.loads(docker("inspect", "-f", "{{json .Mounts}}", pod.container).stdout)
+        assert any(m["Destination"] == "/tmp" and m["RW"] for m in mounts), pod.name
         assert state["Memory"] > 0 and state["NanoCpus"] > 0
 
 
-def test_in_auth_mode_the_migration_job_also_creates_the_auth_tables(release: Release) -> None:
-    """Auth mode: the users and permissions tables migrate in the hook Job too, so replicas starting
-    together do not race on them (the server would otherwise migrate them at start)."""
-    password = secrets.token_hex(16)
-    args = [*VALUE_SETS["auth"], "-f", "tests/k8s/simulation-values.yaml"]
-    documents = [
-        *render(args),
-        user_secret("mlstack-postgresql", {"username": "mlflow", "password": password}),
+# The bundled PostgreSQL runs as the image's own `postgres` user: uid 999 in the official image,
+# 100 in the offline stand-in (Debian's package).
+BUNDLED_PG = (
+    ["--set", "postgresql.bundled.image.repository=postgres", "--set", "postgresql.bundled.image.tag=17.11-bookworm"]
+    if ONLINE
+    else [
+        "--set", "postgresql.bundled.image.repository=mlstack-offline/postgres", "--set-string", "postgresql.bundled.image.tag=17",
+        "--set", "postgresql.bundled.runAsUser=100",
     ]
-    (job,) = [
-        d for d in documents if d["kind"] == "Job" and d["metadata"]["name"].endswith("-migrate")
+)  # fmt: skip
+
+
+def test_trial_with_auth_bundled_postgresql_and_the_migration_of_the_auth_tables(
+    release: Release,
+) -> None:
+    """trial.yaml + auth.yaml: the generated Secrets, the bundled PostgreSQL StatefulSet (hardened:
+    non-root, read-only root, no capabilities) and the migration Job, in hook order. The Job
+    creates the auth tables too, so replicas starting together do not race on them. (The bundled
+    S3 and the bucket Job are left out: the offline S3 stand-in cannot run as a non-root user on a
+    read-only root the way pgsty/silo does.)"""
+    args = [
+        *VALUE_SETS["bundled"],
+        "-f",
+        f"{EXAMPLES}/auth.yaml",
+        "-f",
+        "tests/k8s/simulation-values.yaml",
+        *BUNDLED_PG,
     ]
-    sim = Simulation(documents, namespace="mlstack")
+    sim = Simulation(render(args), namespace="mlstack")
     try:
         sim.create_network()
-        postgres = f"{sim.prefix}-external-postgresql"
-        docker(
-            "run", "-d", "--name", postgres, "--network", sim.network, "--network-alias", "external-postgresql",
-            "--label", f"mlstack.k8s-sim={sim.prefix}", "-e", "POSTGRES_USER=mlflow", "-e", "POSTGRES_DB=mlflow",
-            "-e", f"POSTGRES_PASSWORD={password}", POSTGRES_IMAGE,
-        )  # fmt: skip
-        migrate = sim.run_job(job)
+        ran = []
+        for doc in sim.hooks("pre-install"):
+            name = doc["metadata"]["name"]
+            if name.endswith("-s3") or name.endswith("-bucket"):
+                continue
+            if doc["kind"] == "StatefulSet":
+                (pod,) = sim.start_workload(doc)
+                sim.wait_ready([pod], timeout=180, probes=("readinessProbe",))
+                ran.append(pod)
+            elif doc["kind"] == "Job":
+                ran.append(sim.run_job(doc))
+        postgres, migrate = ran
+        assert postgres.name == "mlstack-postgresql-0" and migrate.name.startswith(
+            "mlstack-migrate-"
+        )
         assert "schema up to date" in migrate.logs()
         tables = docker(
-            "exec", postgres, "psql", "-U", "mlflow", "-d", "mlflow", "-Atc",
+            "exec", "-e", "PGPASSWORD", postgres.container, "psql", "-h", "127.0.0.1", "-U", "mlflow",
+            "-d", "mlflow", "-Atc",
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+            env={"PGPASSWORD": sim.secret_value("mlstack-postgresql", "password")},
         ).stdout.split()  # fmt: skip
         assert {"users", "experiment_permissions", "registered_model_permissions"} <= set(tables)
         assert {"runs", "registered_model_aliases", "alembic_version"} <= set(tables)
+        # The generated password is what the server was initialised with (a wrong one is refused).
+        wrong = docker(
+            "exec", "-e", "PGPASSWORD=not-the-password", postgres.container, "psql", "-h", "127.0.0.1",
+            "-U", "mlflow", "-d", "mlflow", "-c", "SELECT 1", check=False,
+        )  # fmt: skip
+        assert wrong.returncode != 0 and "password authentication failed" in wrong.stderr
+        state = json.loads(
+            docker("inspect", "-f", "{{json .HostConfig}}", postgres.container).stdout
+        )
+        assert state["ReadonlyRootfs"] is True and state["CapDrop"] == ["ALL"]
+        assert (
+            docker("inspect", "-f", "{{.Config.User}}", postgres.container).stdout.strip() != "0:0"
+        )
     except BaseException:
         say(sim.diagnostics())
         raise
