@@ -354,6 +354,25 @@ def test_every_simulated_pod_ran_hardened(release: Release) -> None:
         assert state["Memory"] > 0 and state["NanoCpus"] > 0
 
 
+def test_an_upgrade_reruns_the_hooks_idempotently_while_tracking_serves(release: Release) -> None:
+    """`helm upgrade` with the same chart: the pre-upgrade hooks run again against the live
+    release; the migration changes nothing (the schema is at head) and the bucket Job finds the
+    bucket; the replicas keep answering throughout."""
+    before = docker("logs", release.postgres, check=False)
+    ddl_before = len(DDL.findall(before.stdout + before.stderr))
+    migrate, bucket = release.sim.run_hooks("pre-upgrade")
+    assert "schema up to date" in migrate.logs()
+    assert "storage: bucket 'mlflow' already exists" in bucket.logs()
+    after = docker("logs", release.postgres, check=False)
+    assert len(DDL.findall(after.stdout + after.stderr)) == ddl_before, (
+        "a no-op upgrade changed the schema"
+    )
+    for pod in release.tracking:
+        url = f"http://{pod.ip}:5000/api/2.0/mlflow/registered-models/search"
+        answer = requests.get(url, headers={"Host": f"{release.tracking_service}:5000"}, timeout=30)
+        assert answer.status_code == 200
+
+
 # The bundled PostgreSQL runs as the image's own `postgres` user: uid 999 in the official image,
 # 100 in the offline stand-in (Debian's package).
 BUNDLED_PG = (
