@@ -177,9 +177,11 @@ def test_credentials_reach_only_the_pods_that_need_them(name: str) -> None:
             assert not names & DB_CREDENTIALS, f"{who} holds database credentials"
         if who not in {"tracking", "bucket", "s3"}:
             assert not names & S3_CREDENTIALS, f"{who} holds S3 credentials"
-    assert {"MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= held[
-        "tracking"
-    ] or not auth
+    # The auth secrets: tracking only, and only in auth mode.
+    auth_secrets = {"MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+    for who, names in held.items():
+        expected = auth_secrets if (auth and who == "tracking") else set()
+        assert names & auth_secrets == expected, who
 
 
 def test_bundled_stores_use_generated_secrets_and_external_ones_the_named_secrets() -> None:
