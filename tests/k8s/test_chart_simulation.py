@@ -206,6 +206,12 @@ def release() -> Iterator[Release]:
         mark("trainer")
         sim.wait_ready(serving, timeout=180, probes=("readinessProbe",))
         mark("serving ready")
+        # Memory in use against each pod's limit: what docs/kubernetes.md's requests are sized by.
+        stats = docker(
+            "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}} cpu {{.CPUPerc}}",
+            *(p.container for p in [*tracking, *serving]),
+        ).stdout  # fmt: skip
+        say("resources after training:\n" + stats.replace(f"{sim.prefix}-", ""))
         yield Release(
             sim=sim, postgres=postgres, s3=s3, s3_keys=(s3_user, s3_password),
             secret_values={pg_password, s3_password, s3_user}, migrate=migrate, bucket=bucket,
