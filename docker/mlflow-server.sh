@@ -5,6 +5,8 @@
 # basic-auth app.
 #   mlflow-server [MLFLOW SERVER OPTIONS...]
 #   mlflow-server --check-defaults     only the default-credential check, then exit 0
+#   mlflow-server --upgrade-only       wait for PostgreSQL, `mlflow db upgrade`, exit (the Helm
+#                                      chart's migration hook Job)
 # Environment:
 #   POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB   the same docker.env lines the postgres service uses
 #   POSTGRES_HOST (default postgres), POSTGRES_PORT (default 5432)
@@ -13,6 +15,9 @@
 #   MLSTACK_MLFLOW_BIND, MLSTACK_SERVING_BIND, MLSTACK_MINIO_CONSOLE_BIND (and, with the
 #   monitoring overlay, MLSTACK_GRAFANA_BIND, MLSTACK_PROMETHEUS_BIND)
 #                                    the host addresses compose publishes (for the warning only)
+#   MLSTACK_DB_UPGRADE (default true)   false: start without `mlflow db upgrade` (Kubernetes
+#                                    replicas: the chart's hook Job migrates once, before them;
+#                                    Compose keeps the default)
 #   MLSTACK_AUTH                     none (default) or basic
 #   MLFLOW_AUTH_ADMIN_USERNAME (default admin), MLFLOW_AUTH_ADMIN_PASSWORD,
 #   MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_DEFAULT_PERMISSION (default READ)   basic auth
@@ -86,6 +91,18 @@ if [ "${1:-}" = --check-defaults ]; then
   check_defaults
   exit 0
 fi
+upgrade_only=false
+if [ "${1:-}" = --upgrade-only ]; then
+  upgrade_only=true
+  shift
+fi
+case "${MLSTACK_DB_UPGRADE:-true}" in
+  true | false) ;;
+  *)
+    echo "mlflow-server: MLSTACK_DB_UPGRADE must be true or false, not '$MLSTACK_DB_UPGRADE'" >&2
+    exit 2
+    ;;
+esac
 
 : "${POSTGRES_USER:?set it in docker.env}" "${POSTGRES_PASSWORD:?set it in docker.env}" "${POSTGRES_DB:?set it in docker.env}"
 check_defaults
@@ -141,6 +158,19 @@ while True:
 PY
 }
 
+# The migration alone (the chart's hook Job): the tracking schema, and in auth mode the auth
+# tables too, which the server would otherwise migrate at start, each replica racing the others.
+if [ "$upgrade_only" = true ]; then
+  wait_for_database
+  echo "mlflow-server: upgrading the schema of ${db_host}:${db_port}/${POSTGRES_DB} (--upgrade-only)" >&2
+  mlflow db upgrade "$backend"
+  if [ "${MLSTACK_AUTH:-none}" = basic ]; then
+    python -c 'import sys; from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore; SqlAlchemyStore().init_db(sys.argv[1])' "$backend"
+  fi
+  echo "mlflow-server: schema up to date" >&2
+  exit 0
+fi
+
 case "${MLSTACK_AUTH:-none}" in
   none) ;;
   basic)
@@ -171,5 +201,9 @@ esac
 wait_for_database
 # Creates the tables on the first start, migrates after an MLflow upgrade, else a no-op. The server
 # itself refuses to start on an out-of-date schema. (The auth tables migrate inside the server.)
-mlflow db upgrade "$backend"
+if [ "${MLSTACK_DB_UPGRADE:-true}" = true ]; then
+  mlflow db upgrade "$backend"
+else
+  echo "mlflow-server: no schema upgrade at start (MLSTACK_DB_UPGRADE=false: a migration job owns it)" >&2
+fi
 exec mlflow server --backend-store-uri "$backend" "$@"

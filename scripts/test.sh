@@ -7,7 +7,7 @@ usage() {
   cat <<'USAGE'
 Usage: scripts/test.sh [-h] [TIER ...]
 
-Tiers (default: unit integration reliability docker browser):
+Tiers (default: unit integration reliability docker browser k8s):
   unit         fast tests, no services (~15 s); installs promtool (scripts/install-promtool.sh)
   integration  the local platform: real PostgreSQL, S3 (SeaweedFS), MLflow server, serving (~5-6 min)
   reliability  fault injection and backup/restore on dedicated local platforms (~4 min)
@@ -16,6 +16,10 @@ Tiers (default: unit integration reliability docker browser):
   browser      the MLflow UI in headless Chromium on the local platform and on the compose stack
                (docs/browser-tests.md); installs Debian's chromium + chromium-driver, and needs
                the Docker engine like the docker tier
+  k8s          the Helm chart (docs/kubernetes.md): helm lint, helm template over a values matrix,
+               strict schemas, posture assertions; then a simulation running the rendered
+               manifests on the Docker engine; installs helm/kubectl/kubernetes-validate
+               (scripts/install-k8s-tools.sh) and needs the engine like the docker tier
 Extra pytest arguments: PYTEST_ARGS="-x -k name" scripts/test.sh unit
 USAGE
 }
@@ -23,11 +27,11 @@ tiers=()
 for arg in "$@"; do
   case "$arg" in
     -h|--help) usage; exit 0 ;;
-    unit|integration|reliability|docker|browser) tiers+=("$arg") ;;
+    unit|integration|reliability|docker|browser|k8s) tiers+=("$arg") ;;
     *) echo "test.sh: unknown tier '$arg'" >&2; usage >&2; exit 2 ;;
   esac
 done
-[ ${#tiers[@]} -gt 0 ] || tiers=(unit integration reliability docker browser)
+[ ${#tiers[@]} -gt 0 ] || tiers=(unit integration reliability docker browser k8s)
 
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -55,11 +59,19 @@ for tier in "${tiers[@]}"; do
   if [ "$tier" = browser ]; then
     scripts/install-browser.sh
   fi
-  if [ "$tier" = docker ] || [ "$tier" = browser ]; then
+  if [ "$tier" = k8s ]; then
+    scripts/install-k8s-tools.sh
+  fi
+  if [ "$tier" = docker ] || [ "$tier" = browser ] || [ "$tier" = k8s ]; then
     tests/e2e/docker-engine.sh install
+    engine_was_up=false
+    if timeout 10 docker info >/dev/null 2>&1; then engine_was_up=true; fi
     tests/e2e/docker-engine.sh start
-    # Stop the engine only if we started it (docker-engine.sh keeps track), whatever happens.
-    trap 'tests/e2e/docker-engine.sh stop || true' EXIT
+    # Stop the engine only if this run started it, whatever happens: an engine that was already
+    # up is someone else's (another run, a developer), even if docker-engine.sh started it.
+    if [ "$engine_was_up" = false ]; then
+      trap 'tests/e2e/docker-engine.sh stop || true' EXIT
+    fi
   fi
   run_tier "$tier"
 done
