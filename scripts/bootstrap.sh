@@ -7,7 +7,7 @@ usage() {
   cat <<'USAGE'
 Usage: scripts/bootstrap.sh [-h]
 
-Creates .venv (Python 3.11+) and installs mlstack with its local-platform, serving and dev
+Creates .venv (Python 3.11+) and installs mlstack with its local-platform, serving, dev and k8s
 extras, pinned by constraints.txt. On Debian/Ubuntu it installs python3-venv with apt when the
 venv module is missing. Safe to run twice. Environment: PYTHON (default python3), VENV (default .venv).
 USAGE
@@ -43,12 +43,12 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 stamp="$VENV/.mlstack-installed"
-want="$(cat constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+want="$(cat constraints.txt pyproject.toml "$0" | sha256sum | cut -d' ' -f1)"  # this script: its extras list
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "bootstrap: $VENV is up to date"
   exit 0
 fi
 "$VENV/bin/python" -m pip install -qq --upgrade pip
-"$VENV/bin/python" -m pip install -qq -c constraints.txt -e '.[local,serve,dev]'
+"$VENV/bin/python" -m pip install -qq -c constraints.txt -e '.[local,serve,dev,k8s]'
 echo "$want" > "$stamp"
 echo "bootstrap: $VENV ready ($("$VENV/bin/python" --version); activate with: source $VENV/bin/activate)"
