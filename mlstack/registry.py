@@ -6,7 +6,7 @@ values are written as tags on the run and on the new model version, so the UI sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlflow
 from mlflow import MlflowClient
@@ -55,10 +55,30 @@ class PromotionDecision:
         }
 
 
-def current_alias_holder(client: MlflowClient, name: str, alias: str) -> str | None:
-    """The version holding `alias`, or None (the registered model must exist)."""
-    holder = client.get_registered_model(name).aliases.get(alias)
-    return None if holder is None else str(holder)
+@dataclass(frozen=True)
+class Champion:
+    """What the alias points at: its version and that version's run's promotion metric."""
+
+    version: str | None
+    value: float | None
+
+
+def look_up_champion(client: MlflowClient, name: str, promote: PromoteParams) -> Champion:
+    """The current holder of `promote.alias` on `name` (none when the model is not registered yet),
+    and the value of `promote.metric` on its run (None when it has none)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        holder = client.get_registered_model(name).aliases.get(promote.alias)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return Champion(None, None)
+    if holder is None:
+        return Champion(None, None)
+    holder_run = client.get_model_version(name, str(holder)).run_id
+    value = client.get_run(holder_run).data.metrics.get(promote.metric) if holder_run else None
+    return Champion(str(holder), value)
 
 
 def register_and_promote(
@@ -68,36 +88,34 @@ def register_and_promote(
     run_id: str,
     promote: PromoteParams,
     candidate_value: float,
+    champion: Champion | None = None,
 ) -> PromotionDecision:
-    """Register `model_uri` as a new version of `name`; give it the alias if it is better."""
-    version = str(mlflow.register_model(model_uri, name).version)
-    holder = current_alias_holder(client, name, promote.alias)
-    champion_value: float | None = None
-    if holder is not None:
-        holder_run = client.get_model_version(name, holder).run_id
-        if holder_run:
-            champion_value = client.get_run(holder_run).data.metrics.get(promote.metric)
+    """Register `model_uri` as a new version of `name`; give it the alias if it beats `champion`
+    (looked up now unless given: the trainer looks it up while its model is still being
+    serialised, so the verdict is known before the version exists and is registered with it)."""
+    if champion is None:
+        champion = look_up_champion(client, name, promote)
     promoted = (
-        holder is None
-        or champion_value is None
-        or is_better(candidate_value, champion_value, promote.higher_is_better)
+        champion.version is None
+        or champion.value is None
+        or is_better(candidate_value, champion.value, promote.higher_is_better)
     )
-    if promoted:
-        client.set_registered_model_alias(name, promote.alias, version)
-    decision = PromotionDecision(
+    verdict = PromotionDecision(
         name=name,
-        version=version,
+        version="",
         alias=promote.alias,
         metric=promote.metric,
         candidate_value=candidate_value,
-        champion_version=holder,
-        champion_value=champion_value,
+        champion_version=champion.version,
+        champion_value=champion.value,
         promoted=promoted,
     )
-    # Model versions have no batch call: they get the verdict only; the run gets every detail.
-    for key in ("mlstack.promotion.decision", "mlstack.promotion.summary"):
-        client.set_model_version_tag(name, version, key, decision.tags()[key])
-    client.log_batch(
-        run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in decision.tags().items()]
-    )
-    return decision
+    tags = verdict.tags()
+    # The version gets the verdict only (in the same request that creates it); the run gets every
+    # detail, in one batch.
+    version_tags = {k: tags[k] for k in ("mlstack.promotion.decision", "mlstack.promotion.summary")}
+    version = str(mlflow.register_model(model_uri, name, tags=version_tags).version)
+    if promoted:
+        client.set_registered_model_alias(name, promote.alias, version)
+    client.log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
+    return replace(verdict, version=version)

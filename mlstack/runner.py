@@ -144,6 +144,7 @@ class TrainingRun:
         if commit:
             self.tags["mlstack.git_commit"] = commit
         self.run_ids: list[str] = []  # every run this invocation started, top run first
+        self.champion: Any = None  # registry.Champion, looked up while the model is serialised
         self.failure: BaseException | None = None  # the first error inside a run
 
     @contextmanager
@@ -190,14 +191,17 @@ class TrainingRun:
         return metrics
 
     def _receive_model(self) -> ModelPackage:
-        """Wait for the packaged model, importing meanwhile what logging and registering it need
-        (the fitting process is importing skops and serialising: seconds)."""
+        """Wait for the packaged model, meanwhile importing what logging and registering it need
+        and looking up the current champion (the fitting process is importing skops and
+        serialising: seconds)."""
         import mlflow.models  # noqa: F401
 
         import mlstack.model_requirements
-        import mlstack.registry
         import mlstack.sklearn_flavor  # noqa: F401
+        from mlstack.registry import look_up_champion
 
+        name, promote = self.params.registered_model_name, self.params.promote
+        self.champion = look_up_champion(self.client, name, promote)
         _, package = self.fitting.receive("model")
         return package
 
@@ -254,7 +258,13 @@ class TrainingRun:
                 mlflow.set_tag("mlstack.best_child_run_id", best_run)
             say(f"registering {name}")
             decision = register_and_promote(
-                self.client, model_uri, name, best_run, self.params.promote, best[metric]
+                self.client,
+                model_uri,
+                name,
+                best_run,
+                self.params.promote,
+                best[metric],
+                self.champion,
             )
         return Outcome(
             run_id=top_id,
