@@ -35,6 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 OFFLINE_OVERRIDE = "tests/e2e/compose.offline.yml"
 ONLINE = os.environ.get("MLSTACK_E2E_ONLINE", "").lower() in ("1", "true", "yes")
 DEFAULT_PROJECT = os.environ.get("MLSTACK_E2E_PROJECT", "mlstack-e2e")
+# Prefixed to every project name (MLSTACK_E2E_PROJECT_PREFIX=mine-): two checkouts can run the
+# Docker tier on one engine at once without taking each other's stacks down.
+PROJECT_PREFIX = os.environ.get("MLSTACK_E2E_PROJECT_PREFIX", "")
 
 MODELS = ("linear_model", "logistic_model", "random_forest_model")
 LONG_RUNNING = ("postgres", "minio", "mlflow", "serving")
@@ -338,6 +341,11 @@ def new_stack(project: str, *overlays: str, **env_vars: str) -> Stack:
     return Stack(project, files, env, ports["mlflow"], ports["serving"], ports["console"])
 
 
+def module_project(request: pytest.FixtureRequest) -> str:
+    """The test module's compose project: its COMPOSE_PROJECT (or the default), prefixed."""
+    return PROJECT_PREFIX + getattr(request.module, "COMPOSE_PROJECT", DEFAULT_PROJECT)
+
+
 @pytest.fixture(scope="module")
 def bare_stack(request: pytest.FixtureRequest) -> Iterator[Callable[..., Stack]]:
     """For tests that start parts of the stack themselves, each with its own overlays: a factory
@@ -346,7 +354,7 @@ def bare_stack(request: pytest.FixtureRequest) -> Iterator[Callable[..., Stack]]
     ps and logs are printed first."""
     require_engine()
     ensure_offline_images()
-    project = getattr(request.module, "COMPOSE_PROJECT", DEFAULT_PROJECT)
+    project = module_project(request)
     made: list[Stack] = []
 
     def make(*overlays: str, **env_vars: str) -> Stack:
@@ -370,7 +378,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     happens; on any failure, ps and logs are printed first."""
     require_engine()
     ensure_offline_images()
-    project = getattr(request.module, "COMPOSE_PROJECT", DEFAULT_PROJECT)
+    project = module_project(request)
     stack = new_stack(
         project,
         *getattr(request.module, "COMPOSE_OVERLAYS", ()),
