@@ -40,6 +40,7 @@ EXTRAS: list[tuple[str, tuple[str, ...]]] = [
     # the tracking-server image; backups and the local platform's bucket in the local venv.
     ("mlstack/storage.py", ("server", "local")),
     ("mlstack/backup.py", ("server", "local")),
+    ("mlstack/platform/", ("server", "local")),  # every platform operation, host and container
 ]
 
 
