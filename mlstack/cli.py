@@ -16,6 +16,7 @@ from mlstack import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from mlstack.backup import register as register_backup
+    from mlstack.gc import register as register_gc
     from mlstack.local.cli import register as register_local
     from mlstack.serving.cli import register as register_serve
     from mlstack.storage import register as register_storage
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_local(sub)
     register_storage(sub)
     register_backup(sub)
+    register_gc(sub)
     return parser
 
 

@@ -15,6 +15,7 @@ from typing import IO, Any
 from mlstack.platform.common import (
     CHUNK_BYTES,
     PlatformError,
+    check_key,
     mlflow_version,
     mlstack_version,
     reporting_errors,
@@ -69,6 +70,8 @@ def register(commands: Any) -> None:
         ("export-objects", "(inside the compose mlflow container) the bucket as a tar on stdout"),
         ("import-objects", "(inside the compose mlflow container) a tar on stdin into the bucket"),
         ("list-objects", "(inside the compose mlflow container) key, size, sha256 as JSON lines"),
+        ("stat-objects", "(inside the compose mlflow container) key, size, mtime as JSON lines"),
+        ("delete-objects", "(inside the compose mlflow container) delete the keys on stdin"),
     ):
         inside = commands.add_parser(name, help=helptext)
         inside.add_argument("--bucket", required=True)
@@ -95,6 +98,12 @@ def cmd_inside(args: argparse.Namespace) -> int:
             export_objects(store, sys.stdout.buffer)
         elif args.backup_command == "import-objects":
             import_objects(store, sys.stdin.buffer, args.replace)
+        elif args.backup_command == "stat-objects":
+            for found in store.stat():
+                print(json.dumps(asdict(found)), flush=False)
+        elif args.backup_command == "delete-objects":
+            keys = [json.loads(line) for line in sys.stdin if line.strip()]
+            store.delete([check_key(key) for key in keys])
         elif args.no_hash:
             for key in store.list_keys():
                 print(json.dumps(asdict(ObjectEntry(key, 0, ""))), flush=False)

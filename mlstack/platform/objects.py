@@ -35,6 +35,18 @@ class ObjectEntry:
     sha256: str
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    """An object as a listing shows it: no read of its bytes."""
+
+    key: str
+    size: int
+    modified: float  # seconds since the epoch
+
+
+DELETE_BATCH = 1000  # S3 DeleteObjects takes at most 1,000 keys per request
+
+
 class ObjectStore(Protocol):
     description: str
     artifacts_root: str  # key prefix of MLflow's artifacts destination in this store
@@ -51,6 +63,14 @@ class ObjectStore(Protocol):
 
     def import_from(self, files: list[tuple[Path, str]], replace: bool) -> None:
         """Upload each (file, key); with `replace`, delete every other object first."""
+        ...
+
+    def stat(self) -> list[StoredObject]:
+        """Every object's key, size and modification time, sorted by key (all pages)."""
+        ...
+
+    def delete(self, keys: list[str]) -> None:
+        """Delete these objects (in batches); a key already gone is not an error."""
         ...
 
 
@@ -123,6 +143,36 @@ class S3Store:
             with path.open("rb") as stream:
                 self.upload(stream, key)
 
+    def stat(self) -> list[StoredObject]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        found: list[StoredObject] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+                found += [
+                    StoredObject(item["Key"], int(item["Size"]), item["LastModified"].timestamp())
+                    for item in page.get("Contents", [])
+                ]
+        except (BotoCoreError, ClientError) as error:
+            raise PlatformError(f"cannot list s3://{self.bucket}: {error}") from None
+        return sorted(found, key=lambda found_object: found_object.key)
+
+    def delete(self, keys: list[str]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[start : start + DELETE_BATCH]]
+            try:
+                answer = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            except (BotoCoreError, ClientError) as error:
+                raise PlatformError(f"cannot delete from s3://{self.bucket}: {error}") from None
+            errors = answer.get("Errors") or []
+            if errors:
+                shown = ", ".join(f"{e.get('Key')}: {e.get('Message')}" for e in errors[:5])
+                raise PlatformError(f"s3://{self.bucket} refused to delete {len(errors)}: {shown}")
+
 
 class FolderStore:
     """The artifacts folder of `mlstack local up --artifacts file`: keys are relative paths."""
@@ -166,6 +216,23 @@ class FolderStore:
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, destination)
 
+    def stat(self) -> list[StoredObject]:
+        found = []
+        for path, key in self.paths():
+            info = path.stat()
+            found.append(StoredObject(key, info.st_size, info.st_mtime))
+        return found
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            path = self.root / check_key(key)
+            path.unlink(missing_ok=True)
+            # Folders the deletion emptied go too (up to, never including, the root).
+            parent = path.parent
+            while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+
 
 class ComposeObjectStore:
     """The stack's bucket, through `mlstack backup *-objects` inside the `mlflow` container."""
@@ -190,6 +257,20 @@ class ComposeObjectStore:
 
     def entries(self) -> list[ObjectEntry]:
         return self.listing(hashed=True)
+
+    def stat(self) -> list[StoredObject]:
+        output = run_tool(
+            self.inside("stat-objects", "--bucket", self.bucket), f"stat-objects in {self.service}"
+        )
+        return [StoredObject(**json.loads(line)) for line in output.decode().splitlines() if line]
+
+    def delete(self, keys: list[str]) -> None:
+        lines = "".join(json.dumps(check_key(key)) + "\n" for key in keys).encode()
+        with tempfile.TemporaryFile() as listing:
+            listing.write(lines)
+            listing.seek(0)
+            command = self.inside("delete-objects", "--bucket", self.bucket)
+            run_tool(command, f"delete-objects in {self.service}", stdin=listing)
 
     def export_to(self, folder: Path) -> None:
         command = self.inside("export-objects", "--bucket", self.bucket)
