@@ -17,6 +17,7 @@ from mlstack import __version__
 def build_parser() -> argparse.ArgumentParser:
     from mlstack.backup import register as register_backup
     from mlstack.gc import register as register_gc
+    from mlstack.importer import register as register_import
     from mlstack.local.cli import register as register_local
     from mlstack.serving.cli import register as register_serve
     from mlstack.storage import register as register_storage
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_storage(sub)
     register_backup(sub)
     register_gc(sub)
+    register_import(sub)
     return parser
 
 

@@ -30,6 +30,8 @@ class Target:
     database: Database
     objects: ObjectStore
     mlflow_version: Callable[[], str] = field(default=mlflow_version)
+    # The tracking server's address as this host reaches it (import writes through it).
+    tracking_uri: Callable[[], str] = field(default=lambda: "")
 
     def occupied_by(self) -> list[str]:
         """What makes this platform non-empty (nothing: a fresh platform)."""
@@ -68,6 +70,7 @@ def native_target(state_dir: Path) -> Target:
         description=f"native {state_dir}",
         database=NativeDatabase(env["MLSTACK_PG_URI"]),
         objects=objects,
+        tracking_uri=lambda: env["MLFLOW_TRACKING_URI"],
     )
 
 
@@ -95,7 +98,19 @@ def compose_target(project_dir: Path) -> Target:
         database=ComposeDatabase(compose),
         objects=ComposeObjectStore(compose, bucket, prefix),
         mlflow_version=container_mlflow_version,
+        tracking_uri=lambda: published_tracking_uri(compose),
     )
+
+
+def published_tracking_uri(compose: Compose) -> str:
+    """`http://HOST:PORT` of the mlflow service's published port (MLFLOW_BIND)."""
+    output = run_tool(compose.command("port", "mlflow", "5000"), "docker compose port mlflow")
+    address = output.decode().strip().splitlines()[0] if output.strip() else ""
+    if not address:
+        raise PlatformError("the mlflow service publishes no port (MLFLOW_BIND) to reach it")
+    host, _, port = address.rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host
+    return f"http://{host}:{port}"
 
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:

@@ -42,6 +42,7 @@ EXTRAS: list[tuple[str, tuple[str, ...]]] = [
     ("mlstack/backup.py", ("server", "local")),
     ("mlstack/platform/", ("server", "local")),  # every platform operation, host and container
     ("mlstack/gc.py", ("local",)),  # host side only, like `mlstack import`
+    ("mlstack/importer.py", ("local",)),
 ]
 
 
