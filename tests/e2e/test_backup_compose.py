@@ -186,3 +186,63 @@ def test_gc_removes_deleted_runs_and_orphans_and_keeps_versions(stack: Stack) ->
     again = stack.script("gc.sh", "--compose", "--orphans", timeout=SCRIPT_TIMEOUT)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "done: 0 runs, 0 logged models, 0 experiments, 0 objects (0 bytes)" in again.stdout
+
+
+# --- `mlstack import --compose` on the same stack (its own data; independent of the tests above) ---
+
+IMPORT_MODEL = "imported_sqlite_model"
+
+
+def test_import_of_a_stock_sqlite_store_arrives_once(stack: Stack, tmp_path: Path) -> None:
+    """A SQLite `mlflow.db` + `./mlruns` made by a stock MLflow script, imported twice."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**stack.env, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}
+    made = subprocess.run([sys.executable, str(repo / "tests" / "stock_mlflow.py"), "--experiment",
+                           "imported-from-sqlite", "--runs", "3", "--model", IMPORT_MODEL],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                          check=False)  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    source = json.loads(made.stdout.strip().splitlines()[-1])
+
+    def run_import() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mlstack", "import", str(tmp_path / "mlflow.db"), "--compose"],
+            cwd=repo, capture_output=True, text=True, timeout=900, check=False,
+            env={**stack.env, "COMPOSE_FILE": ":".join(stack.files),
+                 "COMPOSE_PROJECT_NAME": stack.project},
+        )  # fmt: skip
+
+    first = run_import()
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "import: runs: 3 imported, 0 already there" in first.stdout
+    assert "import: verified" in first.stdout
+
+    for run in source["runs"]:
+        rows = stack.psql("SELECT r.run_uuid, r.artifact_uri FROM runs r JOIN tags t ON "
+                          "t.run_uuid = r.run_uuid WHERE t.key = 'mlstack.import.source_run' "
+                          f"AND t.value = '{run['run_id']}'")  # fmt: skip
+        assert len(rows) == 1, run
+        run_id, uri = rows[0]
+        points = stack.psql(f"SELECT count(*) FROM metrics WHERE run_uuid = '{run_id}'")
+        assert points == [["6"]]  # 5 loss steps + accuracy
+        prefix = "artifacts/" + uri.removeprefix("mlflow-artifacts:").strip("/") + "/"
+        folder = tmp_path / "mlruns" / str(source["experiment_id"]) / run["run_id"] / "artifacts"
+        want = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+        assert {k.removeprefix(prefix) for k in stack.bucket_keys(prefix)} == want
+    assert stack.psql("SELECT alias, version FROM registered_model_aliases "
+                      f"WHERE name = '{IMPORT_MODEL}'") == [["champion", "2"]]  # fmt: skip
+    path, payload = f"/models/{IMPORT_MODEL}/invocations", {"inputs": [[0.2, 0.9, 0.4]]}
+    assert stack.wait_for_version("2", path, payload).status_code == 200
+
+    counts = stack.psql("SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM metrics), "
+                        "(SELECT count(*) FROM model_versions)")  # fmt: skip
+    second = run_import()
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "import: runs: 0 imported, 3 already there" in second.stdout
+    assert "import: versions: 0 imported, 2 already there" in second.stdout
+    assert stack.psql("SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM metrics), "
+                      "(SELECT count(*) FROM model_versions)") == counts  # fmt: skip
