@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mlstack.local.cli import register as register_local
     from mlstack.serving.cli import register as register_serve
     from mlstack.storage import register as register_storage
+    from mlstack.upgrade import register as register_upgrade
 
     parser = argparse.ArgumentParser(
         prog="mlstack", description="Self-hosted MLflow platform: serving and a local platform."
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_backup(sub)
     register_gc(sub)
     register_import(sub)
+    register_upgrade(sub)
     return parser
 
 

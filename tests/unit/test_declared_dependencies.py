@@ -43,6 +43,7 @@ EXTRAS: list[tuple[str, tuple[str, ...]]] = [
     ("mlstack/platform/", ("server", "local")),  # every platform operation, host and container
     ("mlstack/gc.py", ("local",)),  # host side only, like `mlstack import`
     ("mlstack/importer.py", ("local",)),
+    ("mlstack/upgrade.py", ("local",)),
 ]
 
 
