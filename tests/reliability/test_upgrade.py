@@ -216,3 +216,30 @@ def test_the_old_champion_loads_and_serving_answers_with_it(upgraded: dict[str, 
     answer = requests.post(url, json=payload, timeout=30)
     assert answer.status_code == 200, answer.text
     assert [int(p) for p in answer.json()["predictions"]] == history["predictions"]
+
+
+def test_a_failed_rehearsal_changes_nothing_and_says_why(
+    make_local_platform: PlatformFactory, tmp_path: Path
+) -> None:
+    """A database from a NEWER MLflow than the pinned one (the "Can't locate revision" of
+    mlflow#15197): the rehearsal's migration fails, and the real platform is left as it was,
+    still serving."""
+    platform = make_local_platform(workers=1)
+    platform.up()
+    unknown = "0123456789ab"
+    sql(platform.pg_uri, "UPDATE alembic_version SET version_num = %s", unknown, autocommit=True)
+    tables_before = sql(platform.pg_uri, "SELECT count(*) FROM information_schema.tables")
+    upgrade = subprocess.run(
+        [str(ROOT / "scripts" / "upgrade.sh"), "--state-dir", str(platform.state_dir),
+         "--backups", str(tmp_path / "backups")],
+        capture_output=True, text=True, timeout=1800, check=False, cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert upgrade.returncode == 1, upgrade.stdout + upgrade.stderr
+    assert "the rehearsal failed" in upgrade.stderr and "is unchanged" in upgrade.stderr
+    assert "mlflow db upgrade" in upgrade.stderr, upgrade.stderr
+    assert "upgrade: 4/4" not in upgrade.stdout
+    assert sql(platform.pg_uri, "SELECT version_num FROM alembic_version") == [(unknown,)]
+    assert sql(platform.pg_uri, "SELECT count(*) FROM information_schema.tables") == tables_before
+    assert requests.get(f"{platform.tracking_uri}/health", timeout=10).status_code == 200
+    assert list((tmp_path / "backups").glob("pre-upgrade-*.tar.gz")), "the backup is kept"
