@@ -16,9 +16,12 @@ from mlstack import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from mlstack.backup import register as register_backup
+    from mlstack.gc import register as register_gc
+    from mlstack.importer import register as register_import
     from mlstack.local.cli import register as register_local
     from mlstack.serving.cli import register as register_serve
     from mlstack.storage import register as register_storage
+    from mlstack.upgrade import register as register_upgrade
 
     parser = argparse.ArgumentParser(
         prog="mlstack", description="Self-hosted MLflow platform: serving and a local platform."
@@ -29,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_local(sub)
     register_storage(sub)
     register_backup(sub)
+    register_gc(sub)
+    register_import(sub)
+    register_upgrade(sub)
     return parser
 
 

@@ -40,6 +40,10 @@ EXTRAS: list[tuple[str, tuple[str, ...]]] = [
     # the tracking-server image; backups and the local platform's bucket in the local venv.
     ("mlstack/storage.py", ("server", "local")),
     ("mlstack/backup.py", ("server", "local")),
+    ("mlstack/platform/", ("server", "local")),  # every platform operation, host and container
+    ("mlstack/gc.py", ("local",)),  # host side only, like `mlstack import`
+    ("mlstack/importer.py", ("local",)),
+    ("mlstack/upgrade.py", ("local",)),
 ]
 
 
