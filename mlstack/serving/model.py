@@ -75,11 +75,20 @@ class ServedModel:
             result = scoring_server.invocations(body, content_type, self.pyfunc, self.input_schema)
         except MlflowException as exc:
             return Answer(exc.get_http_status_code(), exc.serialize_as_json().encode())
+        except RecursionError:
+            # json.loads (and pandas after it) recurse once per nesting level: a deep enough
+            # body exhausts the stack before MLflow sees it. The client's body, not our fault.
+            return error_answer(400, "BAD_REQUEST", "Request body is nested too deeply")
         except Exception as exc:  # what FastAPI would turn into a bare 500
             _logger.exception("unexpected error scoring with %s", self.uri)
             return error_answer(500, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
         response = result.response
         body_out = response.encode() if isinstance(response, str) else bytes(response)
+        if result.status >= 400 and not result.mimetype.startswith(JSON):
+            # MLflow answers its 415s (content type, charset) in plain text: every error of
+            # ours is MLflow's error JSON, so a client parses one shape (same status code).
+            message = body_out.decode("utf-8", "replace")
+            return error_answer(result.status, "BAD_REQUEST", message)
         return Answer(result.status, body_out, result.mimetype)
 
     def release(self) -> None:
