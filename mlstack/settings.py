@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     registry_max_retries: int = Field(
         default=1, ge=0, description="Retries per registry call (MLflow's default retries 7x)."
     )
+    serve_tokens_file: Path | None = Field(
+        default=None,
+        description="Bearer tokens of `mlstack serve`, one per line (a mounted secret); unset: "
+        "no authentication. Never on the command line.",
+    )
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR"),

@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from mlstack import __version__
+from mlstack.serving.auth import CHALLENGE, OPEN_PATHS, BearerAuth
 from mlstack.serving.fastpath import prepare_fast_path_thread
 from mlstack.serving.metrics import ServingMetrics
 from mlstack.serving.model import JSON, Answer, ServedModel, error_answer
@@ -57,6 +58,7 @@ class ServeConfig:
     max_body_bytes: int
     request_timeout: float
     multiproc_dir: Path | None = None
+    tokens_file: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServeConfig:
@@ -68,6 +70,7 @@ class ServeConfig:
             max_body_bytes=settings.max_body_bytes,
             request_timeout=settings.request_timeout_seconds,
             multiproc_dir=settings.prometheus_multiproc_dir,
+            tokens_file=settings.serve_tokens_file,
         )
 
 
@@ -95,6 +98,8 @@ class ServingApp:
             on_load_failure=lambda slot: self.metrics.model_load_failed(slot.key),
         )
         self._fast_thread_ready = False
+        # Read once at start: a missing or bad tokens file stops the server before it listens.
+        self.auth = BearerAuth.from_file(config.tokens_file) if config.tokens_file else None
 
     def _on_swap(self, slot: ModelSlot, model: ServedModel) -> None:
         self.metrics.model_served(slot.key, model.version)
@@ -135,7 +140,12 @@ class ServingApp:
         method: str = scope["method"]
         route, model_label = path, ""
         try:
-            if path == "/invocations":
+            if self.auth is not None and path not in OPEN_PATHS and not self._authorized(scope):
+                route = "unauthenticated"  # one label value, whatever the path
+                message = "Missing or invalid bearer token (Authorization: Bearer <token>)"
+                answer = error_answer(401, "UNAUTHENTICATED", message)
+                status = await self._send(send, answer, [CHALLENGE])
+            elif path == "/invocations":
                 route, model_label = path, "default"
                 status = await self._invocations(self.follower.default, scope, receive, send)
             elif path.startswith(_MODELS_PREFIX) and path.endswith(_INVOCATIONS_SUFFIX):
@@ -162,6 +172,13 @@ class ServingApp:
             with contextlib.suppress(Exception):  # fails if the response had already started
                 await self._send(send, error_answer(500, "INTERNAL_ERROR", "Internal server error"))
         self.metrics.observe(route, model_label, status, time.perf_counter() - started)
+
+    def _authorized(self, scope: Scope) -> bool:
+        assert self.auth is not None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                return self.auth.allows(value)
+        return False
 
     # --- informational routes -----------------------------------------------------------------
     def _info_answer(self, path: str) -> Answer:

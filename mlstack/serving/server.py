@@ -26,6 +26,8 @@ def _export_for_workers(settings: Settings) -> None:
             "MLSTACK_REGISTRY_MAX_RETRIES": str(settings.registry_max_retries),
         }
     )
+    if settings.serve_tokens_file is not None:  # the path only: workers read the file
+        os.environ["MLSTACK_SERVE_TOKENS_FILE"] = str(settings.serve_tokens_file)
 
 
 def run_server(settings: Settings) -> int:
