@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from mlstack import __version__
+from mlstack.serving import v2
 from mlstack.serving.auth import CHALLENGE, OPEN_PATHS, BearerAuth
 from mlstack.serving.fastpath import prepare_fast_path_thread
 from mlstack.serving.metrics import ServingMetrics
@@ -154,6 +155,8 @@ class ServingApp:
                 known = name in self.follower.discovered
                 route, model_label = "/models/{name}/invocations", name if known else "unknown"
                 status = await self._named_invocations(name, scope, receive, send)
+            elif path == v2.V2_PREFIX or path.startswith("/v2/"):
+                route, model_label, status = await self._v2(path, method, scope, receive, send)
             elif path in ("/health", "/ping", "/version", "/metrics", "/models"):
                 if method not in ("GET", "HEAD"):
                     answer = error_answer(405, "BAD_REQUEST", f"{method} not allowed on {path}")
@@ -226,6 +229,105 @@ class ServingApp:
         if slot.last_error:
             message += f" ({slot.last_error})"
         return message
+
+    # --- the Open Inference Protocol (v2) -----------------------------------------------------
+    def _slot_by_name(self, name: str) -> ModelSlot | None:
+        default = self.follower.default
+        if default.ref.name == name:
+            return default
+        return self.follower.named_slot(name)
+
+    async def _v2(
+        self, path: str, method: str, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[str, str, int]:
+        if path in ("/v2", "/v2/health/live", "/v2/health/ready"):
+            if method not in ("GET", "HEAD"):
+                return path, "", await self._send(send, v2.v2_error(405, f"{method} not allowed"))
+            if path == "/v2":
+                info = {"name": "mlstack", "version": __version__, "extensions": []}
+                answer = Answer(200, orjson.dumps(info))
+            elif path == "/v2/health/live":
+                answer = Answer(200, b'{"live":true}')
+            elif self.follower.default.current is not None:
+                answer = Answer(200, b'{"ready":true}')
+            else:  # the protocol: a 4xx means "not ready"
+                answer = Answer(400, b'{"ready":false}')
+            return path, "", await self._send(send, answer)
+        parsed = v2.parse_model_route(path)
+        if parsed is None:
+            answer = v2.v2_error(404, f"No route {method} {path}")
+            return "other", "", await self._send(send, answer)
+        route = f"/v2/models/{{name}}/{parsed.kind}"
+        known = parsed.name in self.follower.discovered or (
+            parsed.name == self.follower.default.ref.name
+        )
+        label = parsed.name if known else "unknown"
+        wanted = "POST" if parsed.kind == "infer" else "GET"
+        if method != wanted and not (wanted == "GET" and method == "HEAD"):
+            answer = v2.v2_error(405, f"Use {wanted} for {path}")
+            return route, label, await self._send(send, answer)
+        slot = self._slot_by_name(parsed.name)
+        if slot is None:
+            message = f"Unknown model {parsed.name!r}: no registered model of that name is served"
+            return route, label, await self._send(send, v2.v2_error(404, message))
+        if slot.current is None and slot.loading is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(slot.loading)), self.config.request_timeout
+                )
+        model = slot.current
+        if parsed.version is not None and (model is None or model.version != parsed.version):
+            serving = model.version if model is not None else "none"
+            message = (
+                f"Version {parsed.version} of {parsed.name!r} is not served (serving: {serving})"
+            )
+            return route, label, await self._send(send, v2.v2_error(404, message))
+        if parsed.kind == "ready":
+            ready = model is not None
+            body = orjson.dumps({"name": parsed.name, "ready": ready})
+            return route, label, await self._send(send, Answer(200 if ready else 400, body))
+        if model is None:
+            answer = v2.v2_error(503, self._not_loaded_message(slot))
+            return route, label, await self._send(send, answer)
+        if parsed.kind == "metadata":
+            meta = v2.model_metadata(parsed.name, [model.version_label], model)
+            return route, label, await self._send(send, Answer(200, orjson.dumps(meta)))
+        try:
+            body = await self._read_body(scope, receive)
+        except _BodyTooLarge:
+            message = f"Request body exceeds the limit of {self.config.max_body_bytes} bytes"
+            return route, label, await self._send(send, v2.v2_error(413, message))
+        answer, scoring_path = await self._v2_infer(parsed.name, model, body)
+        self.metrics.paths.labels(slot.key, scoring_path).inc()
+        headers = model.response_headers(scoring_path)
+        return route, label, await self._send(send, answer, headers)
+
+    async def _v2_infer(self, name: str, model: ServedModel, body: bytes) -> tuple[Answer, str]:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return v2.v2_error(400, f"The request body is not JSON: {exc}"), "mlflow"
+        try:
+            rows, names = v2.request_rows(payload, model)
+            predictions, scoring_path = None, "fast"
+            if model.fast is not None:
+                if not self._fast_thread_ready:
+                    prepare_fast_path_thread()
+                    self._fast_thread_ready = True
+                predictions = v2.predict_fast(model, rows)
+            if predictions is None:
+                scoring_path = "mlflow"
+                work = asyncio.to_thread(v2.predict_pyfunc, model, rows, names)
+                try:
+                    predictions = await asyncio.wait_for(work, self.config.request_timeout)
+                except TimeoutError:
+                    message = "Request processing time exceeded limit"
+                    return v2.v2_error(504, message), scoring_path
+        except v2.V2Error as exc:
+            return v2.v2_error(exc.status, exc.message), "mlflow"
+        request_id = payload.get("id")
+        out = v2.response_body(name, model.version, request_id, predictions)
+        return Answer(200, out), scoring_path
 
     # --- invocations --------------------------------------------------------------------------
     async def _named_invocations(
