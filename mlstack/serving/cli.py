@@ -53,6 +53,9 @@ def register(subparsers: Any) -> None:
         help="mlstack (default) or mlflow: exec `mlflow models serve` on the resolved URI",
     )
     parser.set_defaults(func=run_serve)
+    from mlstack.serving.promote import register as register_promote
+
+    register_promote(subparsers)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -47,23 +47,29 @@ class ServedModel:
     loaded_at: float = field(default_factory=time.time)
     local_dir: Path | None = None
 
-    _headers: dict[str, list[tuple[bytes, bytes]]] = field(default_factory=dict, repr=False)
+    _headers: dict[tuple[str, str], list[tuple[bytes, bytes]]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def version_label(self) -> str:
         return self.version or "none"
 
-    def response_headers(self, scoring_path: str) -> list[tuple[bytes, bytes]]:
-        """`X-Model-Version`, `X-Model-Name` (and `X-Scoring-Path`), built once per version."""
-        headers = self._headers.get(scoring_path)
+    def response_headers(self, scoring_path: str, alias: str = "") -> list[tuple[bytes, bytes]]:
+        """`X-Model-Version`, `X-Model-Name`, `X-Model-Alias` (and `X-Scoring-Path`), built once
+        per version, scoring path and alias."""
+        key = (scoring_path, alias)
+        headers = self._headers.get(key)
         if headers is None:
             headers = [
                 (b"x-model-version", self.version_label.encode()),
                 (b"x-model-name", (self.name or "").encode()),
             ]
+            if alias:
+                headers.append((b"x-model-alias", alias.encode()))
             if scoring_path:
                 headers.append((b"x-scoring-path", scoring_path.encode()))
-            self._headers[scoring_path] = headers
+            self._headers[key] = headers
         return headers
 
     def score_with_mlflow(self, body: bytes, content_type: str) -> Answer:

@@ -325,3 +325,18 @@ def predict_pyfunc(model: ServedModel, rows: Rows, names: list[str] | None) -> A
         raise V2Error(
             400, f"the model could not predict these inputs: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def infer_sync(name: str, model: ServedModel, body: bytes) -> Answer:
+    """A whole inference on the calling thread (shadow copies and canary re-checks)."""
+    try:
+        payload = orjson.loads(body)
+        rows, names = request_rows(payload, model)
+        predictions = predict_fast(model, rows) if model.fast is not None else None
+        if predictions is None:
+            predictions = predict_pyfunc(model, rows, names)
+    except orjson.JSONDecodeError as exc:
+        return v2_error(400, f"The request body is not JSON: {exc}")
+    except V2Error as exc:
+        return v2_error(exc.status, exc.message)
+    return Answer(200, response_body(name, model.version, payload.get("id"), predictions))
