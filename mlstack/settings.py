@@ -93,6 +93,13 @@ class Settings(BaseSettings):
         description="Percent of champion-answered requests copied to the challenger, off the "
         "request path; its answers are recorded, never returned.",
     )
+    shadow_max_cpu: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="Share of one core shadow scoring may take; copies beyond it are dropped "
+        "(counted), so a shadow never slows the champion much.",
+    )
     shadow_tolerance: float = Field(
         default=1e-6, ge=0, description="Relative/absolute tolerance of numeric agreement."
     )

@@ -21,6 +21,7 @@ import importlib.metadata
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ class ServeConfig:
                 guard_max_p99_seconds=settings.guard_max_p99_seconds,
                 guard_window_seconds=settings.guard_window_seconds,
                 guard_min_requests=settings.guard_min_requests,
+                shadow_max_cpu=settings.shadow_max_cpu,
             ),
         )
 
@@ -126,7 +128,16 @@ class ServingApp:
             on_challenger_change=self._on_challenger_change,
         )
         self.rollout = config.rollout
-        self.shadow = ShadowWorker(config.rollout.shadow_queue, self._shadow_dropped)
+        # Requests being answered; the shadow worker runs only while there are none.
+        self._inflight = 0
+        self._idle = threading.Event()
+        self._idle.set()
+        self.shadow = ShadowWorker(
+            config.rollout.shadow_queue,
+            self._shadow_dropped,
+            self._idle,
+            config.rollout.shadow_max_cpu,
+        )
         self._fast_thread_ready = False
         # Read once at start: a missing or bad tokens file stops the server before it listens.
         self.auth = BearerAuth.from_file(config.tokens_file) if config.tokens_file else None
@@ -317,6 +328,17 @@ class ServingApp:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._inflight += 1
+        if self._inflight == 1:
+            self._idle.clear()
+        try:
+            await self._http_inner(scope, receive, send)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def _http_inner(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         path: str = scope["path"]
         method: str = scope["method"]

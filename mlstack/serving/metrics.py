@@ -31,6 +31,7 @@ directory and each scrape aggregates all workers (prometheus_client's multiproce
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -140,12 +141,22 @@ class ServingMetrics:
         )
         # Per-process totals for /rollouts (Prometheus' multiprocess values are not readable).
         self._shadow_counts: dict[tuple[str, str], list[int]] = {}
+        self._version_children: dict[tuple[str, str, str, str, int], tuple[Any, Any]] = {}
 
     def version_answer(
         self, model: str, version: str, alias: str, mode: str, status: int, seconds: float
     ) -> None:
-        self.model_requests.labels(model, version, alias or "none", mode, str(status)).inc()
-        self.model_latency.labels(model, version, alias or "none", mode).observe(seconds)
+        key = (model, version, alias, mode, status)
+        children = self._version_children.get(key)
+        if children is None:  # label lookups once per combination, not per request
+            label = alias or "none"
+            children = (
+                self.model_requests.labels(model, version, label, mode, str(status)),
+                self.model_latency.labels(model, version, label, mode),
+            )
+            self._version_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def shadow_compared(
         self, model: str, version: str, agree: int, disagree: int, error: bool = False

@@ -55,6 +55,7 @@ class RolloutConfig:
     guard_window_seconds: float = 60.0
     guard_min_requests: int = 20
     shadow_queue: int = 256
+    shadow_max_cpu: float = 0.25
 
     @property
     def active(self) -> bool:
@@ -242,11 +243,29 @@ class ShadowJob:
 
 
 class ShadowWorker:
-    """One daemon thread working through a bounded queue of shadow (and canary re-check) jobs."""
+    """One daemon thread working through a bounded queue of shadow (and canary re-check) jobs.
 
-    def __init__(self, capacity: int, on_drop: Callable[[], None]) -> None:
+    It only starts a job while no request is being answered (`idle`, an event the app sets when
+    its last in-flight request is done): scoring holds Python's GIL, and a shadow job running
+    beside a live request would make that request wait for the GIL (up to the 5 ms switch
+    interval). Gated this way, a live request waits at most for the one job that had just
+    started. Under saturation the queue fills and new copies are dropped (and counted): the
+    shadow takes spare capacity, never the champion's.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        on_drop: Callable[[], None],
+        idle: threading.Event | None = None,
+        max_cpu: float = 1.0,
+    ) -> None:
         self._queue: queue.Queue[ShadowJob | None] = queue.Queue(maxsize=capacity)
         self._on_drop = on_drop
+        self._idle = idle
+        # A duty cycle: after a job of d seconds, rest d * (1 - max_cpu) / max_cpu, so shadow
+        # scoring takes at most this share of one core, whatever the request rate.
+        self._rest_factor = (1.0 - max_cpu) / max_cpu if 0 < max_cpu < 1 else 0.0
         self._thread = threading.Thread(target=self._run, name="mlstack-shadow", daemon=True)
         self._started = False
 
@@ -274,10 +293,15 @@ class ShadowWorker:
             job = self._queue.get()
             if job is None:
                 return
+            if self._idle is not None:
+                self._idle.wait()
+            started = time.perf_counter()
             try:
                 job.run()
             except Exception:
                 _logger.exception("shadow scoring failed")
+            if self._rest_factor:
+                time.sleep((time.perf_counter() - started) * self._rest_factor)
 
 
 def coin(percent: float) -> bool:

@@ -27,6 +27,7 @@ def _export_for_workers(settings: Settings) -> None:
             "MLSTACK_SERVE_CHALLENGER_ALIAS": settings.serve_challenger_alias,
             "MLSTACK_CANARY_WEIGHT": str(settings.canary_weight),
             "MLSTACK_SHADOW_PERCENT": str(settings.shadow_percent),
+            "MLSTACK_SHADOW_MAX_CPU": str(settings.shadow_max_cpu),
         }
     )
     if settings.canary_sticky_header:

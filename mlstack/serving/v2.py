@@ -152,38 +152,61 @@ def _tensor_values(tensor: dict[str, Any], index: int) -> tuple[str, list[int], 
         raise V2Error(400, f"inputs[{index}]: 'name' must be a string")
     if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
         raise V2Error(400, f"input '{name}': 'shape' must be a list of non-negative integers")
-    if datatype not in _DATATYPES:
+    if type(datatype) is not str or datatype not in _DATATYPES:
         raise V2Error(400, f"input '{name}': unknown datatype {datatype!r}")
     if "data" not in tensor:
         raise V2Error(400, f"input '{name}': no 'data' (binary tensor data is not supported)")
     data = tensor["data"]
     flat: list[Any] = []
-    if type(data) is list:
-        _flatten(data, flat)
-    else:
+    if type(data) is not list:
         flat.append(data)
+    elif (
+        data
+        and all(type(row) is list for row in data)
+        and not any(type(v) is list for v in data[0])
+    ):
+        for row in data:  # the common nested form: rows of values
+            flat.extend(row)
+        if any(type(v) is list for v in flat):
+            flat = []
+            _flatten(data, flat)
+    else:
+        _flatten(data, flat)
     expected = math.prod(shape)
     if len(flat) != expected:
         raise V2Error(
             400, f"input '{name}': shape {shape} holds {expected} values, data has {len(flat)}"
         )
-    for value in flat:
-        _check_value(name, datatype, value)
+    _check_values(name, datatype, flat)
     return name, shape, datatype, flat
 
 
-def _check_value(name: str, datatype: str, value: Any) -> None:
-    kind = type(value)
+_ALLOWED = {"float": frozenset((float, int)), "int": frozenset((int,)), "BOOL": frozenset((bool,))}
+
+
+def _check_values(name: str, datatype: str, flat: list[Any]) -> None:
+    """Every value of the datatype's kind (one pass over the types, then the ranges)."""
+    kinds = set(map(type, flat))
     if datatype in _FLOAT_TYPES:
-        ok = kind is float or (kind is int and abs(value) < _MAX_SAFE)
+        allowed = _ALLOWED["float"]
     elif datatype in _INT_TYPES:
-        ok = kind is int and -(2**63) <= value < 2**64
+        allowed = _ALLOWED["int"]
     elif datatype == "BOOL":
-        ok = kind is bool
+        allowed = _ALLOWED["BOOL"]
     else:
-        ok = kind is str
+        allowed = frozenset((str,))
+    ok = kinds <= allowed
+    if ok and int in kinds and flat:
+        ints = [v for v in flat if type(v) is int]
+        low, high = min(ints), max(ints)
+        if datatype in _FLOAT_TYPES:
+            ok = low > -_MAX_SAFE and high < _MAX_SAFE
+        else:
+            ok = low >= -(2**63) and high < 2**64
     if not ok:
-        raise V2Error(400, f"input '{name}': {value!r} is not a {datatype} value")
+        bad = next((v for v in flat if type(v) not in allowed), None)
+        shown = repr(bad) if bad is not None else "a value out of range"
+        raise V2Error(400, f"input '{name}': {shown} is not a {datatype} value")
 
 
 @dataclass

@@ -169,6 +169,8 @@ def test_the_protocols_own_example_request_is_a_400_here(deployed: Deployed) -> 
         ({"inputs": []}, "'inputs'"),
         ({"inputs": [{"name": "x", "shape": [1, 30], "datatype": "FP64"}]}, "no 'data'"),
         ({"inputs": [{"name": "x", "shape": [1, 30], "datatype": "FLOAT", "data": [0.0] * 30}]}, "unknown datatype"),
+        # Found by the fuzzer: a datatype that is a list was a 500 (unhashable in a set lookup).
+        ({"inputs": [{"name": "x", "shape": [1, 30], "datatype": ["FP64"], "data": [0.0] * 30}]}, "unknown datatype"),
         ({"inputs": [{"name": "x", "shape": [2, 30], "datatype": "FP64", "data": [0.0] * 30}]}, "holds 60 values"),
         ({"inputs": [{"name": "x", "shape": [1, 29], "datatype": "FP64", "data": [0.0] * 29}]}, "30 columns"),
         ({"inputs": [{"name": "x", "shape": [1, 30], "datatype": "FP64", "data": ["a"] * 30}]}, "not a FP64"),
