@@ -116,7 +116,18 @@ def test_compose_serves_a_canary_set_by_its_variables(bare_stack: Callable[..., 
         "--serving-url", "http://127.0.0.1:5001",
     )  # fmt: skip
     assert f"@champion {versions['champion']} -> {versions['challenger']}" in promoted.stdout
-    stack.wait_for_version(versions["challenger"])
-    answer = stack.invoke(payload)
-    assert answer.headers["X-Model-Alias"] == "champion"
-    assert answer.json()["predictions"][0] == 2.0
+    # Until serving's next poll the canary still sends some requests to v2 as the challenger:
+    # wait for v2 answering as the champion, then every answer is that.
+    new = (versions["challenger"], "champion", 2.0)
+    deadline = time.monotonic() + 120
+    last: tuple[str, str, float] | None = None
+    while time.monotonic() < deadline and last != new:
+        r = stack.invoke(payload)
+        last = (r.headers.get("X-Model-Version", ""), r.headers.get("X-Model-Alias", ""), r.json()["predictions"][0])  # fmt: skip
+        time.sleep(0.5)
+    assert last == new, last
+    after = Counter()
+    for _ in range(30):
+        r = stack.invoke(payload)
+        after[(r.headers["X-Model-Version"], r.headers["X-Model-Alias"], r.json()["predictions"][0])] += 1  # fmt: skip
+    assert set(after) == {new}, after
