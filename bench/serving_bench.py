@@ -28,6 +28,7 @@ import platform as host_platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,10 +70,19 @@ async def _one_connection(
         writer.close()
 
 
-async def _load(port: int, path: str, body: bytes, clients: int, warmup: float, duration: float):
+async def _load(
+    port: int,
+    path: str,
+    body: bytes,
+    clients: int,
+    warmup: float,
+    duration: float,
+    headers: list[str] | None = None,
+):
+    extra = "".join(f"{h}\r\n" for h in headers or [])
     request = (
         f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     now = time.perf_counter()
     warmup_end, deadline = now + warmup, now + warmup + duration
@@ -94,7 +104,7 @@ def load_main(args: argparse.Namespace) -> None:
         pass
     body = Path(args.body).read_bytes()
     latencies, bad = asyncio.run(
-        _load(args.port, args.path, body, args.clients, args.warmup, args.duration)
+        _load(args.port, args.path, body, args.clients, args.warmup, args.duration, args.header)
     )
     latencies.sort()
 
@@ -219,9 +229,17 @@ def register_models(tracking_uri: str, prefix: str) -> list[BenchModel]:
 
 
 @contextmanager
-def server(kind: str, model: BenchModel, env: dict[str, str]) -> Iterator[int]:
+def server(
+    kind: str,
+    model: BenchModel,
+    env: dict[str, str],
+    extra_env: dict[str, str] | None = None,
+    workers: int = 1,
+    uri: str | None = None,
+    label: str = "",
+) -> Iterator[int]:
     port = free_port()
-    uri = f"models:/{model.name}/{model.version}"
+    uri = uri or f"models:/{model.name}/{model.version}"
     bin_dir = Path(sys.executable).parent
     if kind == "stock":
         cmd = [
@@ -231,10 +249,11 @@ def server(kind: str, model: BenchModel, env: dict[str, str]) -> Iterator[int]:
     else:
         cmd = [
             sys.executable, "-m", "mlstack", "serve", "--model-uri", uri, "--host", HOST,
-            "--port", str(port), "--workers", "1", "--poll-interval", "30",
+            "--port", str(port), "--workers", str(workers), "--poll-interval", "30",
         ]  # fmt: skip
-    log = open(Path(tempfile.gettempdir()) / f"bench-{kind}-{model.key}.log", "wb")  # noqa: SIM115
-    env = {**env, "PATH": os.pathsep.join([str(bin_dir), *os.get_exec_path()])}
+    name = f"bench-{kind}-{model.key}{label}.log"
+    log = open(Path(tempfile.gettempdir()) / name, "wb")  # noqa: SIM115
+    env = {**env, **(extra_env or {}), "PATH": os.pathsep.join([str(bin_dir), *os.get_exec_path()])}
     proc = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -269,15 +288,24 @@ def same_predictions(ports: dict[str, int], body: bytes) -> None:
         raise RuntimeError(f"servers disagree: {answers}")
 
 
-def run_cell(port: int, body: bytes, clients: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_cell(
+    port: int,
+    body: bytes,
+    clients: int,
+    args: argparse.Namespace,
+    path: str = "/invocations",
+    headers: list[str] | None = None,
+) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as handle:
         handle.write(body)
         handle.flush()
         cmd = [
             sys.executable, __file__, "_load", "--port", str(port), "--body", handle.name,
             "--clients", str(clients), "--warmup", str(args.warmup),
-            "--duration", str(args.duration),
+            "--duration", str(args.duration), "--path", path,
         ]  # fmt: skip
+        for header in headers or []:
+            cmd += ["--header", header]
         timeout = args.warmup + args.duration + 60
         done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=timeout)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -338,6 +366,264 @@ def redraw_main(args: argparse.Namespace) -> None:
     rows, context = saved["cells"], saved.get("context", {})
     print_table(rows)
     write_chart(rows, context, Path(args.chart))
+
+
+# --- the rollout suite (`--suite rollouts`): features against plain serving, side by side ----------
+DEFAULT_ROLLOUT_CHART = Path(__file__).resolve().parent / "serving_rollouts.png"
+
+# (key, what, baseline label, feature label, metric compared, target, higher ratio is better)
+ROLLOUT_CELLS = (
+    ("canary", "canary 10 % vs plain, 8 clients", "plain", "canary 10 %", "rps", 0.95, True),
+    ("shadow", "shadow 100 % vs plain, 8 clients", "plain", "shadow 100 %", "p99_ms", 1.5, False),
+    ("v2", "v2 /infer vs /invocations, 8 clients", "/invocations", "v2 /infer", "rps", 0.9, True),
+    ("auth", "bearer token vs none, 8 clients", "no auth", "bearer token", "rps", 0.95, True),
+    ("workers", "2 workers vs 1, forest 100 rows", "1 worker", "2 workers", "rps", 1.3, True),
+)
+
+
+def register_challenger(tracking_uri: str, model: BenchModel) -> str:
+    """A second version of the logistic regression (same cost), aliased @challenger."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    version = str(
+        mlflow.register_model(f"models:/{model.name}/{model.version}", model.name).version
+    )
+    MlflowClient().set_registered_model_alias(model.name, "challenger", version)
+    return version
+
+
+def wait_challenger(port: int, name: str, timeout: float = 180) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            body = requests.get(f"http://{HOST}:{port}/rollouts", timeout=5).json()
+            challenger = body["models"][name]["challenger"]
+            if challenger and challenger["state"] == "serving":
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the challenger never loaded on port {port}")
+
+
+def v2_body(model_rows: bytes) -> bytes:
+    import orjson
+
+    split = orjson.loads(model_rows)["dataframe_split"]
+    data = split["data"]
+    tensor = {
+        "name": "input-0",
+        "shape": [len(data), len(data[0])],
+        "datatype": "FP64",
+        "data": data,
+    }
+    return orjson.dumps({"inputs": [tensor]})
+
+
+def rollouts_main(args: argparse.Namespace) -> None:
+    env = {**os.environ, **TELEMETRY_OFF}
+    context = machine_context(args)
+    context["rounds"] = args.rounds
+    token = "bench-token-0123456789abcdef0123"
+    tokens = Path(tempfile.mkdtemp(prefix="mlstack-bench-tokens-")) / "tokens"
+    tokens.write_text(token + "\n")
+    cells: list[dict[str, Any]] = []
+    with platform(args, env) as tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+        registered = {m.key: m for m in register_models(tracking_uri, args.prefix)}
+        model, forest = registered["logreg"], registered["forest"]
+        challenger = register_challenger(tracking_uri, model)
+        print(f"challenger: {model.name} version {challenger}", flush=True)
+        champion_uri = f"models:/{model.name}@{ALIAS}"
+        off = {"MLSTACK_SERVE_CHALLENGER_ALIAS": ""}
+        body = model.payloads[1]
+        with (
+            server("mlstack", model, env, off, uri=champion_uri, label="-plain") as plain,
+            server("mlstack", model, env, {"MLSTACK_CANARY_WEIGHT": "10"}, uri=champion_uri, label="-canary") as canary,
+            server("mlstack", model, env, {"MLSTACK_SHADOW_PERCENT": "100"}, uri=champion_uri, label="-shadow") as shadow,
+            server("mlstack", model, env, {**off, "MLSTACK_SERVE_TOKENS_FILE": str(tokens)}, uri=champion_uri, label="-auth") as auth,
+            # Workers scale CPU-bound work: the forest on 100 rows keeps the server, not the
+            # load generator (one process on the same 2 cores), the bottleneck.
+            server("mlstack", forest, env, off, label="-1w") as one_worker,
+            server("mlstack", forest, env, off, workers=2, label="-2w") as two,
+        ):  # fmt: skip
+            for port in (canary, shadow):
+                wait_challenger(port, model.name)
+            time.sleep(3)  # the second worker of `two` finishes its own load
+            bearer = [f"Authorization: Bearer {token}"]
+            v2_path = f"/v2/models/{model.name}/infer"
+            plans = {
+                "canary": (
+                    (plain, "/invocations", body, None),
+                    (canary, "/invocations", body, None),
+                ),
+                "shadow": (
+                    (plain, "/invocations", body, None),
+                    (shadow, "/invocations", body, None),
+                ),
+                "v2": ((plain, "/invocations", body, None), (plain, v2_path, v2_body(body), None)),
+                "auth": ((plain, "/invocations", body, None), (auth, "/invocations", body, bearer)),
+                "workers": (
+                    (one_worker, "/invocations", forest.payloads[100], None),
+                    (two, "/invocations", forest.payloads[100], None),
+                ),
+            }
+            for key, what, base_label, feature_label, metric, target, higher in ROLLOUT_CELLS:
+                if args.cells and key not in args.cells:
+                    continue
+                runs: dict[str, list[dict[str, Any]]] = {"base": [], "feature": []}
+                for round_ in range(args.rounds):  # A B, B A, A B, ...: neither side always first
+                    order = list(zip(("base", "feature"), plans[key], strict=True))
+                    for side, (port, path, payload, headers) in order[
+                        :: 1 if round_ % 2 == 0 else -1
+                    ]:
+                        runs[side].append(run_cell(port, payload, 8, args, path, headers))
+                cell = {
+                    "key": key, "what": what, "base_label": base_label,
+                    "feature_label": feature_label, "metric": metric, "target": target,
+                    "higher_is_better": higher,
+                    "base": _median_result(runs["base"]), "feature": _median_result(runs["feature"]),
+                    "runs": runs,
+                }  # fmt: skip
+                # The median of the per-round ratios: each round's A and B ran back to back, so
+                # a burst of other work on the machine hits both sides of one ratio.
+                ratios = [
+                    f[metric] / b[metric]
+                    for b, f in zip(runs["base"], runs["feature"], strict=True)
+                    if b[metric]
+                ]
+                cell["round_ratios"] = [round(r, 3) for r in ratios]
+                cell["ratio"] = statistics.median(ratios) if ratios else float("nan")
+                cell["met"] = cell["ratio"] >= target if higher else cell["ratio"] <= target
+                if key == "shadow":
+                    cell["shadow_copies"] = shadow_copies(shadow)
+                cells.append(cell)
+                print_rollout_row(cell, header=len(cells) == 1)
+                if key == "shadow":
+                    copies = cell["shadow_copies"]
+                    print(
+                        f"  shadow copies scored {copies['scored']:.0f}, dropped {copies['dropped']:.0f}"
+                    )
+    context["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    print()
+    print_rollout_table(cells)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"context": context, "cells": cells}, indent=2))
+    write_rollout_chart(cells, context, Path(args.chart or DEFAULT_ROLLOUT_CHART))
+
+
+def shadow_copies(port: int) -> dict[str, float]:
+    """How many shadow copies the server scored and how many it dropped (its CPU budget)."""
+    import requests
+
+    scored = dropped = 0.0
+    for line in requests.get(f"http://{HOST}:{port}/metrics", timeout=10).text.splitlines():
+        if line.startswith("mlstack_serving_model_requests_total{") and 'mode="shadow"' in line:
+            scored += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("mlstack_serving_shadow_dropped_total "):
+            dropped += float(line.rsplit(" ", 1)[1])
+    return {"scored": scored, "dropped": dropped}
+
+
+def _median_result(results: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        key: statistics.median(r[key] for r in results) for key in ("rps", "p50_ms", "p99_ms")
+    } | {"non_2xx": sum(r["non_2xx"] for r in results)}
+
+
+ROLLOUT_HEADER = (
+    f"{'comparison':38} | {'base rps':>8} {'p99 ms':>7} | {'feature rps':>11} {'p99 ms':>7} | "
+    f"{'ratio':>11} {'target':>8}"
+)
+
+
+def print_rollout_row(cell: dict[str, Any], header: bool = False) -> None:
+    if header:
+        print(ROLLOUT_HEADER)
+    base, feature = cell["base"], cell["feature"]
+    sign = ">=" if cell["higher_is_better"] else "<="
+    what = "rps" if cell["metric"] == "rps" else "p99"
+    errors = base["non_2xx"] + feature["non_2xx"]
+    print(
+        f"{cell['what']:38} | {base['rps']:8.0f} {base['p99_ms']:7.2f} | "
+        f"{feature['rps']:11.0f} {feature['p99_ms']:7.2f} | {what} {cell['ratio']:5.2f}x "
+        f"{sign}{cell['target']:.2f}x {'met' if cell['met'] else 'MISSED'}"
+        + (f"  ({errors} non-2xx!)" if errors else ""),
+        flush=True,
+    )
+
+
+def print_rollout_table(cells: list[dict[str, Any]]) -> None:
+    print(ROLLOUT_HEADER)
+    print("-" * len(ROLLOUT_HEADER))
+    for cell in cells:
+        print_rollout_row(cell)
+
+
+def write_rollout_chart(cells: list[dict[str, Any]], context: dict[str, Any], path: Path) -> None:
+    """Per comparison: throughput and p99 of the baseline beside the feature, with the ratio
+    and its target written above."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(cells))
+    width = 0.38
+    fig, (rps_ax, p99_ax) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+    for ax, metric, title, fmt in (
+        (rps_ax, "rps", "throughput, requests/s (higher is better)", "{:,.0f}"),
+        (p99_ax, "p99_ms", "p99 latency, ms (lower is better)", "{:,.2f}"),
+    ):
+        for offset, side, color, name in (
+            (-width / 2, "base", "#9e9e9e", "baseline (plain mlstack serve)"),
+            (width / 2, "feature", "#1f77b4", "with the feature"),
+        ):
+            values = [c[side][metric] for c in cells]
+            bars = ax.bar(x + offset, values, width, color=color, label=name)
+            ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=8, padding=2)
+        ax.set_title(title, loc="left", fontsize=11)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.margins(y=0.25)
+    for i, cell in enumerate(cells):
+        ax = rps_ax if cell["metric"] == "rps" else p99_ax
+        sign = ">=" if cell["higher_is_better"] else "<="
+        ax.annotate(
+            f"{cell['ratio']:.2f}x ({sign}{cell['target']:g}x: {'met' if cell['met'] else 'missed'})",
+            (x[i], 1.0), xycoords=("data", "axes fraction"), xytext=(0, -12),
+            textcoords="offset points", ha="center", fontsize=8.5, fontweight="bold",
+            color="#1a7f37" if cell["met"] else "#cf222e",
+        )  # fmt: skip
+    labels = [f"{c['base_label']}\nvs\n{c['feature_label']}" for c in cells]
+    p99_ax.set_xticks(x, labels, fontsize=8.5)
+    handles, names = rps_ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=2, fontsize=9)
+    fig.suptitle(
+        "mlstack serve: rollouts, v2, auth and workers against plain serving\n"
+        "(logistic regression, 1 row; workers: random forest, 100 rows)",
+        y=0.985,
+    )
+    if context:
+        fig.text(
+            0.5, 0.005,
+            f"{context.get('date')}: {context.get('cpus')} CPUs, load average "
+            f"{context.get('load_average_at_start')} at start, {context.get('load_average_at_end')}"
+            f" at end; {context.get('rounds')} alternating rounds of {context.get('duration_s')} s "
+            "per side; bars: medians, ratio: median of the per-round ratios. Shared machine: "
+            "compare ratios, not absolute numbers.",
+            ha="center", va="bottom", fontsize=8, color="#444444",
+        )  # fmt: skip
+    fig.tight_layout(rect=(0, 0.04, 1, 0.93))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"chart: {path}")
 
 
 # --- chart ---------------------------------------------------------------------------------------
@@ -469,6 +755,7 @@ def main() -> None:
     load.add_argument("--clients", type=int, default=1)
     load.add_argument("--warmup", type=float, default=1.0)
     load.add_argument("--duration", type=float, default=5.0)
+    load.add_argument("--header", action="append", help="extra request header line")
     parser.add_argument("--tracking-uri", help="a running registry (default: start a platform)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each cell")
@@ -483,9 +770,30 @@ def main() -> None:
     parser.add_argument(
         "--from-json", help="redraw the table and chart from a --json-out file; runs nothing"
     )
+    parser.add_argument(
+        "--suite",
+        choices=("stock", "rollouts"),
+        default="stock",
+        help="stock: mlstack vs mlflow models serve (default); rollouts: canary, shadow, v2, "
+        "auth and workers against plain mlstack serve (chart default bench/serving_rollouts.png)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rollouts: alternating rounds")
+    parser.add_argument(
+        "--cells", nargs="*", choices=[c[0] for c in ROLLOUT_CELLS], help="rollouts: subset"
+    )
     args = parser.parse_args()
     if args.command == "_load":
         load_main(args)
+    elif args.suite == "rollouts":
+        if args.from_json:
+            saved = json.loads(Path(args.from_json).read_text())
+            print_rollout_table(saved["cells"])
+            chart = Path(args.chart) if args.chart != str(DEFAULT_CHART) else DEFAULT_ROLLOUT_CHART
+            write_rollout_chart(saved["cells"], saved.get("context", {}), chart)
+        else:
+            if args.chart == str(DEFAULT_CHART):
+                args.chart = str(DEFAULT_ROLLOUT_CHART)
+            rollouts_main(args)
     elif args.from_json:
         redraw_main(args)
     else:

@@ -1,5 +1,5 @@
-"""`mlstack` command line: `mlstack serve ...`, `mlstack local up|down|status|logs` and
-`mlstack storage ensure-bucket`.
+"""`mlstack` command line: `mlstack serve ...`, `mlstack promote NAME`, `mlstack local
+up|down|status|logs` and `mlstack storage ensure-bucket`.
 
 Each sub-package registers its own sub-commands; heavy imports (MLflow, scikit-learn) happen inside
 the command functions so that `mlstack -h` and argument errors stay instant. Misuse exits 2 with

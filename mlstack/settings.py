@@ -70,6 +70,48 @@ class Settings(BaseSettings):
     registry_max_retries: int = Field(
         default=1, ge=0, description="Retries per registry call (MLflow's default retries 7x)."
     )
+    serving_url: str = Field(
+        default="http://127.0.0.1:5001",
+        description="Where `mlstack promote` asks serving for the guard's state.",
+    )
+    # --- rollouts: a challenger beside the champion (docs/serving.md#rollouts) ---------------
+    serve_challenger_alias: str = Field(
+        default="challenger",
+        description="Alias of the challenger followed beside each champion; empty: none.",
+    )
+    canary_weight: float = Field(
+        default=0.0, ge=0, le=100, description="Percent of requests the challenger answers."
+    )
+    canary_sticky_header: str | None = Field(
+        default=None,
+        description="Request header whose value pins a client to one version (e.g. X-User-Id).",
+    )
+    shadow_percent: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="Percent of champion-answered requests copied to the challenger, off the "
+        "request path; its answers are recorded, never returned.",
+    )
+    shadow_max_cpu: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="Share of one core shadow scoring may take; copies beyond it are dropped "
+        "(counted), so a shadow never slows the champion much.",
+    )
+    shadow_tolerance: float = Field(
+        default=1e-6, ge=0, description="Relative/absolute tolerance of numeric agreement."
+    )
+    guard_max_error_ratio: float = Field(default=0.05, ge=0, le=1)
+    guard_max_p99_seconds: float = Field(default=1.0, gt=0)
+    guard_window_seconds: float = Field(default=60.0, gt=0)
+    guard_min_requests: int = Field(default=20, ge=1)
+    serve_tokens_file: Path | None = Field(
+        default=None,
+        description="Bearer tokens of `mlstack serve`, one per line (a mounted secret); unset: "
+        "no authentication. Never on the command line.",
+    )
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR"),

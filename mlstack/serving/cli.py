@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -52,6 +53,9 @@ def register(subparsers: Any) -> None:
         help="mlstack (default) or mlflow: exec `mlflow models serve` on the resolved URI",
     )
     parser.set_defaults(func=run_serve)
+    from mlstack.serving.promote import register as register_promote
+
+    register_promote(subparsers)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -72,6 +76,22 @@ def run_serve(args: argparse.Namespace) -> int:
         overrides["serving_engine"] = args.engine
     settings = Settings().model_copy(update=overrides)
 
+    if settings.serve_tokens_file is not None:
+        from mlstack.serving.auth import TokenFileError, read_tokens
+
+        try:
+            count = len(read_tokens(settings.serve_tokens_file))
+        except TokenFileError as exc:
+            print(f"mlstack serve: {exc}", file=sys.stderr)
+            return 2
+        if settings.serving_engine == "mlflow":
+            print(
+                "mlstack serve: MLSTACK_SERVE_TOKENS_FILE needs the mlstack engine "
+                "(`mlflow models serve` has no authentication)",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"mlstack serve: bearer-token authentication on ({count} token(s))", file=sys.stderr)
     if settings.serving_engine == "mlflow":
         from mlstack.serving.mlflow_engine import exec_mlflow_serve
 

@@ -288,6 +288,10 @@ class FastPredictor:
                 return None
         return array
 
+    def predict_array(self, array: np.ndarray) -> Any:
+        """The estimator on an array already in signature order (the v2 protocol's path)."""
+        return self._predict(array)
+
     def try_predict(self, body: bytes) -> bytes | None:
         """The JSON answer for `body`, or None when MLflow's path must answer instead."""
         try:

@@ -11,6 +11,23 @@
 - `mlstack_serving_model_load_failing{model}`: 1 since the endpoint's last load failed, 0 after
   a load succeeds (the model-failed-to-load alert; monitoring/prometheus/rules/mlstack.yml).
 
+Per version (rollouts: champion and challenger side by side, docs/serving.md#rollouts):
+
+- `mlstack_serving_model_requests_total{model,version,alias,mode,code}`: answers by registered
+  model, version, alias (`champion`, `challenger`, ...), mode (`live`: the client got it;
+  `shadow`: a copy the client never saw) and HTTP status code. Error ratio of the challenger:
+  `sum(rate(...{alias="challenger",code=~"5.."}[5m])) / sum(rate(...{alias="challenger"}[5m]))`.
+- `mlstack_serving_model_request_duration_seconds{model,version,alias,mode}`: latency histogram
+  (scoring to the last byte sent; for shadow copies, the challenger's scoring time).
+- `mlstack_serving_shadow_predictions_total{model,version,outcome}`: shadow predictions (rows)
+  compared with the champion's, `agree` / `disagree` (classes equal; numbers within the
+  tolerance); agreement rate = agree / (agree + disagree). `outcome="error"` counts copies the
+  challenger failed.
+- `mlstack_serving_shadow_dropped_total`: shadow copies dropped because the queue was full.
+- `mlstack_serving_challenger_version{model}`: the challenger version followed (0: none).
+- `mlstack_serving_guard_tripped{model,version}`: 1 while the guard keeps traffic away from that
+  challenger version; `mlstack_serving_guard_trips_total{model}`: how often it tripped.
+
 With several workers (`--workers N`), `mlstack serve` points PROMETHEUS_MULTIPROC_DIR at a fresh
 directory and each scrape aggregates all workers (prometheus_client's multiprocess mode).
 """
@@ -18,6 +35,7 @@ directory and each scrape aggregates all workers (prometheus_client's multiproce
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -93,6 +111,106 @@ class ServingMetrics:
         )
         self._served: dict[str, tuple[str, str]] = {}  # model -> (name, version) labels in use
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._init_rollout_metrics(registry)
+
+    def _init_rollout_metrics(self, registry: CollectorRegistry | None) -> None:
+        self.model_requests = Counter(
+            "mlstack_serving_model_requests",
+            "Answers by registered model, version, alias, mode (live/shadow) and HTTP code.",
+            ("model", "version", "alias", "mode", "code"),
+            registry=registry,
+        )
+        self.model_latency = Histogram(
+            "mlstack_serving_model_request_duration_seconds",
+            "Scoring time per model version, alias and mode (live/shadow).",
+            ("model", "version", "alias", "mode"),
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.shadow_predictions = Counter(
+            "mlstack_serving_shadow_predictions",
+            "Shadow predictions compared with the champion's: agree, disagree, error.",
+            ("model", "version", "outcome"),
+            registry=registry,
+        )
+        self.shadow_dropped = Counter(
+            "mlstack_serving_shadow_dropped",
+            "Shadow copies dropped because the shadow queue was full.",
+            registry=registry,
+        )
+        self.challenger = Gauge(
+            "mlstack_serving_challenger_version",
+            "Challenger version followed beside the champion (0: none).",
+            ("model",),
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.guard_tripped = Gauge(
+            "mlstack_serving_guard_tripped",
+            "1 while the guard keeps traffic away from this challenger version.",
+            ("model", "version"),
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.guard_trips = Counter(
+            "mlstack_serving_guard_trips",
+            "Times the guard tripped and stopped a challenger's traffic.",
+            ("model",),
+            registry=registry,
+        )
+        # Per-process totals for /rollouts (Prometheus' multiprocess values are not readable).
+        self._shadow_counts: dict[tuple[str, str], list[int]] = {}
+        self._version_children: dict[tuple[str, str, str, str, int], tuple[Any, Any]] = {}
+
+    def version_answer(
+        self, model: str, version: str, alias: str, mode: str, status: int, seconds: float
+    ) -> None:
+        key = (model, version, alias, mode, status)
+        children = self._version_children.get(key)
+        if children is None:  # label lookups once per combination, not per request
+            label = alias or "none"
+            children = (
+                self.model_requests.labels(model, version, label, mode, str(status)),
+                self.model_latency.labels(model, version, label, mode),
+            )
+            self._version_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def shadow_compared(
+        self, model: str, version: str, agree: int, disagree: int, error: bool = False
+    ) -> None:
+        counts = self._shadow_counts.setdefault((model, version), [0, 0, 0])
+        if error:
+            counts[2] += 1
+            self.shadow_predictions.labels(model, version, "error").inc()
+            return
+        counts[0] += agree
+        counts[1] += disagree
+        if agree:
+            self.shadow_predictions.labels(model, version, "agree").inc(agree)
+        if disagree:
+            self.shadow_predictions.labels(model, version, "disagree").inc(disagree)
+
+    def shadow_summary(self, model: str, version: str) -> dict[str, int | float | None]:
+        agree, disagree, errors = self._shadow_counts.get((model, version), (0, 0, 0))
+        compared = agree + disagree
+        return {
+            "compared": compared,
+            "agree": agree,
+            "errors": errors,
+            "agreement_rate": agree / compared if compared else None,
+        }
+
+    def challenger_version(self, model: str, version: str | None) -> None:
+        self.challenger.labels(model).set(int(version) if version and version.isdigit() else 0)
+
+    def guard_state(self, model: str, version: str | None, tripped: bool) -> None:
+        if version is None:
+            return
+        self.guard_tripped.labels(model, version).set(1 if tripped else 0)
+        if tripped:
+            self.guard_trips.labels(model).inc()
 
     def observe(self, route: str, model: str, status: int, seconds: float) -> None:
         key = (route, model, status)

@@ -47,23 +47,29 @@ class ServedModel:
     loaded_at: float = field(default_factory=time.time)
     local_dir: Path | None = None
 
-    _headers: dict[str, list[tuple[bytes, bytes]]] = field(default_factory=dict, repr=False)
+    _headers: dict[tuple[str, str], list[tuple[bytes, bytes]]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def version_label(self) -> str:
         return self.version or "none"
 
-    def response_headers(self, scoring_path: str) -> list[tuple[bytes, bytes]]:
-        """`X-Model-Version`, `X-Model-Name` (and `X-Scoring-Path`), built once per version."""
-        headers = self._headers.get(scoring_path)
+    def response_headers(self, scoring_path: str, alias: str = "") -> list[tuple[bytes, bytes]]:
+        """`X-Model-Version`, `X-Model-Name`, `X-Model-Alias` (and `X-Scoring-Path`), built once
+        per version, scoring path and alias."""
+        key = (scoring_path, alias)
+        headers = self._headers.get(key)
         if headers is None:
             headers = [
                 (b"x-model-version", self.version_label.encode()),
                 (b"x-model-name", (self.name or "").encode()),
             ]
+            if alias:
+                headers.append((b"x-model-alias", alias.encode()))
             if scoring_path:
                 headers.append((b"x-scoring-path", scoring_path.encode()))
-            self._headers[scoring_path] = headers
+            self._headers[key] = headers
         return headers
 
     def score_with_mlflow(self, body: bytes, content_type: str) -> Answer:
@@ -75,11 +81,20 @@ class ServedModel:
             result = scoring_server.invocations(body, content_type, self.pyfunc, self.input_schema)
         except MlflowException as exc:
             return Answer(exc.get_http_status_code(), exc.serialize_as_json().encode())
+        except RecursionError:
+            # json.loads (and pandas after it) recurse once per nesting level: a deep enough
+            # body exhausts the stack before MLflow sees it. The client's body, not our fault.
+            return error_answer(400, "BAD_REQUEST", "Request body is nested too deeply")
         except Exception as exc:  # what FastAPI would turn into a bare 500
             _logger.exception("unexpected error scoring with %s", self.uri)
             return error_answer(500, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
         response = result.response
         body_out = response.encode() if isinstance(response, str) else bytes(response)
+        if result.status >= 400 and not result.mimetype.startswith(JSON):
+            # MLflow answers its 415s (content type, charset) in plain text: every error of
+            # ours is MLflow's error JSON, so a client parses one shape (same status code).
+            message = body_out.decode("utf-8", "replace")
+            return error_answer(result.status, "BAD_REQUEST", message)
         return Answer(result.status, body_out, result.mimetype)
 
     def release(self) -> None:

@@ -83,6 +83,14 @@ class ModelSlot:
     failed: dict[str, float] = field(default_factory=dict)  # version -> when it failed
     last_error: str | None = None
     loaded_event: threading.Event = field(default_factory=threading.Event)
+    alias_label: str = ""  # the alias this slot answers for (X-Model-Alias)
+    is_challenger: bool = False
+    challenger: ModelSlot | None = None  # the challenger beside this champion, when followed
+    guard: Any = None  # the challenger's guard (rollout.Guard), made by the guard factory
+
+    @property
+    def model_name(self) -> str:
+        return self.ref.name or self.key
 
     @property
     def served_version(self) -> str | None:
@@ -106,11 +114,25 @@ class RegistryFollower:
         tracking_uri: str,
         on_swap: Callable[[ModelSlot, ServedModel], None] | None = None,
         on_load_failure: Callable[[ModelSlot], None] | None = None,
+        challenger_alias: str | None = None,
+        guard_factory: Callable[[ModelSlot], Any] | None = None,
+        on_challenger_change: Callable[[ModelSlot, ModelSlot, str | None], None] | None = None,
     ) -> None:
         self.default = ModelSlot("default", ModelRef.parse(default_uri))
         ref = self.default.ref
         # /models/<name>/invocations serves the default URI's alias, else the configured one.
         self.discovery_alias = ref.alias if ref.kind == "alias" else discovery_alias
+        self.default.alias_label = ref.alias or ""
+        # The challenger alias is followed beside every champion with a registry name; never
+        # the champion's own alias.
+        self.challenger_alias = (
+            challenger_alias
+            if challenger_alias and challenger_alias != self.discovery_alias
+            else None
+        )
+        self._guard_factory = guard_factory
+        self._on_challenger_change = on_challenger_change
+        self.challengers: dict[str, str] = {}  # name -> version holding the challenger alias
         self.poll_interval = poll_interval
         self.tracking_uri = tracking_uri
         self._on_swap = on_swap
@@ -156,7 +178,11 @@ class RegistryFollower:
                 self.poll_once()
             except Exception:
                 _logger.exception("registry poll failed unexpectedly")
-            self._stop.wait(self.poll_interval)
+            # Polls on the wall clock's multiples of the interval: every worker process (and
+            # every replica) asks the registry at the same instants, so they see the same alias
+            # and switch together (each after its own load), never one interval apart.
+            interval = self.poll_interval
+            self._stop.wait(interval - (time.time() % interval) or interval)
 
     # --- polling ----------------------------------------------------------------------------
     def _registry_call(self, what: str, call: Callable[[], Any]) -> tuple[bool, Any]:
@@ -222,14 +248,20 @@ class RegistryFollower:
             return
         client = self._client
 
+        challenger_alias = self.challenger_alias
+        challengers: dict[str, str] = {}
+
         def listing() -> dict[str, str]:
             found: dict[str, str] = {}
+            challengers.clear()
             token = None
             while True:
                 page = client.search_registered_models(max_results=1000, page_token=token)
                 for registered in page:
                     if alias in registered.aliases:
                         found[registered.name] = str(registered.aliases[alias])
+                    if challenger_alias and challenger_alias in registered.aliases:
+                        challengers[registered.name] = str(registered.aliases[challenger_alias])
                 token = page.token
                 if not token:
                     return found
@@ -239,6 +271,7 @@ class RegistryFollower:
             return
         with self._lock:
             self.discovered = found
+            self.challengers = dict(challengers)
             self.discovery_ok = True
             for name in list(self._slots):
                 if name not in found:
@@ -270,10 +303,85 @@ class RegistryFollower:
             if slot is not self.default and version is not None:
                 slot.wanted_version = version
                 self._maybe_load(slot, version)
+        if self.challenger_alias and self.discovery_ok:
+            self._follow_challenger(default)
+            for slot, _ in named:
+                if slot is not default:
+                    self._follow_challenger(slot)
+
+    # --- challengers ----------------------------------------------------------------------------
+    def _follow_challenger(self, slot: ModelSlot) -> None:
+        """Load the version holding the challenger alias beside `slot`, or drop it when the
+        alias is gone or names the champion's own version."""
+        name, alias = slot.ref.name, self.challenger_alias
+        if name is None or alias is None or slot.ref.kind == "other":
+            return
+        version = self.challengers.get(name)
+        champion_version = slot.wanted_version or slot.served_version
+        challenger = slot.challenger
+        if version is None or version == champion_version:
+            if challenger is not None and challenger.wanted_version is not None:
+                self._drop_challenger(slot, challenger, version)
+            return
+        if challenger is None:
+            challenger = ModelSlot(
+                f"{name}@{alias}",
+                ModelRef.parse(f"models:/{name}@{alias}"),
+                alias_label=alias,
+                is_challenger=True,
+            )
+            if self._guard_factory is not None:
+                challenger.guard = self._guard_factory(challenger)
+            slot.challenger = challenger
+        if challenger.wanted_version != version:
+            challenger.wanted_version = version
+            previous = challenger.current
+            if previous is not None:  # an older challenger gets no more traffic while this loads
+                challenger.current = None
+                if previous is not slot.current:
+                    previous.release()
+            _logger.info(
+                "%s@%s is version %s: loading it beside the champion", name, alias, version
+            )
+            if self._on_challenger_change is not None:
+                self._on_challenger_change(slot, challenger, version)
+        self._maybe_load(challenger, version)
+
+    def _drop_challenger(self, slot: ModelSlot, challenger: ModelSlot, version: str | None) -> None:
+        old = challenger.current
+        challenger.current = None
+        challenger.wanted_version = None
+        challenger.last_error = None
+        why = "is gone" if version is None else f"names the champion's version {version}"
+        _logger.info(
+            "%s@%s %s: challenger %s unloaded",
+            slot.ref.name,
+            self.challenger_alias,
+            why,
+            old.version if old is not None else "(none loaded)",
+        )
+        if self._on_challenger_change is not None:
+            self._on_challenger_change(slot, challenger, None)
+        if old is not None and old is not slot.current:
+            old.release()
 
     # --- loading ----------------------------------------------------------------------------
     def _maybe_load(self, slot: ModelSlot, version: str | None) -> None:
         if slot.current is not None and slot.current.version == version:
+            return
+        promoted = slot.challenger.current if slot.challenger is not None else None
+        if promoted is not None and version is not None and promoted.version == version:
+            # The challenger was promoted: it is loaded already, so the champion takes it over
+            # in one reference assignment (no download, no gap); the challenger slot drops it.
+            previous = slot.current
+            slot.current = promoted
+            slot.last_error = None
+            slot.loaded_event.set()
+            _logger.info("serving %s for %s (the challenger, promoted)", promoted.uri, slot.key)
+            if self._on_swap is not None:
+                self._on_swap(slot, promoted)
+            if previous is not None and previous is not promoted:
+                previous.release()
             return
         if slot.loading is not None and not slot.loading.done():
             return
@@ -309,8 +417,8 @@ class RegistryFollower:
             if self._on_load_failure is not None:
                 self._on_load_failure(slot)
             return None
-        if self._stop.is_set():
-            model.release()
+        if self._stop.is_set() or (slot.is_challenger and slot.wanted_version != version):
+            model.release()  # stopping, or the challenger alias moved on while it loaded
             return None
         slot.current = model  # the atomic swap: one reference assignment
         slot.last_error = None

@@ -24,8 +24,16 @@ def _export_for_workers(settings: Settings) -> None:
             "MLSTACK_REQUEST_TIMEOUT_SECONDS": str(settings.request_timeout_seconds),
             "MLSTACK_REGISTRY_TIMEOUT_SECONDS": str(settings.registry_timeout_seconds),
             "MLSTACK_REGISTRY_MAX_RETRIES": str(settings.registry_max_retries),
+            "MLSTACK_SERVE_CHALLENGER_ALIAS": settings.serve_challenger_alias,
+            "MLSTACK_CANARY_WEIGHT": str(settings.canary_weight),
+            "MLSTACK_SHADOW_PERCENT": str(settings.shadow_percent),
+            "MLSTACK_SHADOW_MAX_CPU": str(settings.shadow_max_cpu),
         }
     )
+    if settings.canary_sticky_header:
+        os.environ["MLSTACK_CANARY_STICKY_HEADER"] = settings.canary_sticky_header
+    if settings.serve_tokens_file is not None:  # the path only: workers read the file
+        os.environ["MLSTACK_SERVE_TOKENS_FILE"] = str(settings.serve_tokens_file)
 
 
 def run_server(settings: Settings) -> int:

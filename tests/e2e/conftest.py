@@ -55,6 +55,8 @@ FOREIGN_VARS = (
     "SERVE_MODEL_URI", "MLFLOW_BUCKET", "MLFLOW_ALLOWED_HOSTS", "POSTGRES_IMAGE", "MINIO_IMAGE",
     "PYTHON_IMAGE", "MLFLOW_TRACKING_URI", "MLFLOW_BIND", "SERVING_BIND", "MINIO_CONSOLE_BIND",
     "MLFLOW_UI_URL", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+    "SERVING_TOKENS_FILE", "SERVING_WORKERS", "SERVE_CHALLENGER_ALIAS", "CANARY_WEIGHT",
+    "CANARY_STICKY_HEADER", "SHADOW_PERCENT",
 )  # fmt: skip
 
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
@@ -115,6 +117,7 @@ class Stack:
     serving_port: int
     console_port: int
     timings: dict[str, float] = field(default_factory=dict)
+    serving_token: str | None = None  # bearer token for serving (auth overlay)
 
     # For the test modules, which import nothing from this conftest at run time (two conftest.py
     # files outside packages share the module name `conftest`).
@@ -261,7 +264,8 @@ class Stack:
         return {name: version for name, version in rows}
 
     def invoke(self, payload: dict[str, Any], path: str = "/invocations") -> requests.Response:
-        return requests.post(self.serving_url + path, json=payload, timeout=30)
+        headers = {"Authorization": f"Bearer {self.serving_token}"} if self.serving_token else {}
+        return requests.post(self.serving_url + path, json=payload, headers=headers, timeout=30)
 
     def wait_for_version(
         self, version: str, path: str = "/invocations", payload: dict[str, Any] | None = None

@@ -4,13 +4,16 @@ basic-auth app), run the way docs/reliability-security.md tells users to.
 No credentials → 401, a wrong password → 401, the admin's → 200, on the published API; /health
 stays open (healthchecks); the users live in PostgreSQL; a trainer run with `docker compose run
 --rm` authenticates with MLFLOW_TRACKING_USERNAME/PASSWORD (and fails clearly with a wrong one);
-serving authenticates to the registry, loads the champion and answers /invocations.
+serving authenticates to the registry, loads the champion and answers /invocations, with a
+bearer token from the file mounted as a Compose secret, and 401 without it.
 
 Its own compose project (`mlstack-e2e-auth`) on free ports, from tests/e2e/conftest.py.
 """
 
 from __future__ import annotations
 
+import secrets
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,8 +39,17 @@ ADMIN_PASSWORD = docker_env("MLFLOW_AUTH_ADMIN_PASSWORD")
 
 COMPOSE_PROJECT = "mlstack-e2e-auth"
 COMPOSE_OVERLAYS = ("docker-compose.auth.yml",)
+# Serving's bearer tokens, as a user writes them (a file, mounted as a Compose secret).
+SERVING_TOKEN = secrets.token_urlsafe(32)
+_TOKENS_DIR = Path(tempfile.mkdtemp(prefix="mlstack-e2e-auth-"))
+(_TOKENS_DIR / "serving-tokens").write_text(f"# e2e\n{SERVING_TOKEN}\n")
+(_TOKENS_DIR / "serving-tokens").chmod(0o644)  # readable by the container's user
 # What a user puts in .env: the clients' login (here the admin account of docker.env).
-STACK_ENV = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
+STACK_ENV = {
+    "MLFLOW_TRACKING_USERNAME": ADMIN,
+    "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD,
+    "SERVING_TOKENS_FILE": str(_TOKENS_DIR / "serving-tokens"),
+}
 
 API = "/api/2.0/mlflow/experiments/search?max_results=1"
 
@@ -99,8 +111,23 @@ def test_trainer_with_a_wrong_password_fails_clearly(stack: Stack) -> None:
     assert stack.psql("SELECT count(*) FROM runs") == runs_before
 
 
+def test_serving_wants_a_bearer_token(stack: Stack) -> None:
+    payload = stack.diabetes_payload()
+    for headers in ({}, {"Authorization": "Bearer not-the-token-not-the-token"}):
+        answer = requests.post(
+            stack.serving_url + "/invocations", json=payload, headers=headers, timeout=30
+        )
+        assert answer.status_code == 401, answer.text
+        assert answer.json()["error_code"] == "UNAUTHENTICATED"
+        metrics = requests.get(stack.serving_url + "/metrics", headers=headers, timeout=30)
+        assert metrics.status_code == 401
+    for probe in ("/health", "/ping"):  # open for healthchecks (/ping: 200 or 503, never 401)
+        assert requests.get(stack.serving_url + probe, timeout=30).status_code in (200, 503)
+
+
 def test_serving_authenticates_to_the_registry(stack: Stack) -> None:
     version = stack.champion_versions()["linear_model"]
+    stack.serving_token = SERVING_TOKEN
     answer = stack.wait_for_version(version)
     assert answer.headers["X-Model-Name"] == "linear_model"
     assert len(answer.json()["predictions"]) == 3

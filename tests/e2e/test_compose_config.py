@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 OWN_VARS = (
     "COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES", "MLFLOW_BIND", "SERVING_BIND",
     "MINIO_CONSOLE_BIND", "POSTGRES_IMAGE", "MINIO_IMAGE", "PYTHON_IMAGE",
-    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "SERVING_TOKENS_FILE",
 )  # fmt: skip
 PUBLISHED = {"mlflow": "5000", "serving": "5001", "minio": "9001"}
 WRITABLE_ROOT = {"postgres", "minio"}
@@ -42,7 +42,11 @@ def compose_config(*overlays: str, **env: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout))
 
 
-AUTH_ENV = {"MLFLOW_TRACKING_USERNAME": "someone", "MLFLOW_TRACKING_PASSWORD": "a-password-here"}
+AUTH_ENV = {
+    "MLFLOW_TRACKING_USERNAME": "someone",
+    "MLFLOW_TRACKING_PASSWORD": "a-password-here",
+    "SERVING_TOKENS_FILE": "/etc/mlstack/serving-tokens",
+}
 VARIANTS = {"default": ((), {}), "auth": (("docker-compose.auth.yml",), AUTH_ENV)}
 
 
@@ -110,12 +114,17 @@ def test_auth_mode_gives_clients_their_login_only() -> None:
         assert env["MLFLOW_TRACKING_USERNAME"] == "someone", name
         assert env["MLFLOW_TRACKING_PASSWORD"] == "a-password-here", name
         assert not service.get("env_file"), name  # no docker.env: no S3 or database secrets
+    # Serving's bearer tokens: a Compose secret (a file), never a variable's value.
+    serving = config["services"]["serving"]
+    assert serving["environment"]["MLSTACK_SERVE_TOKENS_FILE"] == "/run/secrets/serving_tokens"
+    assert [s["source"] for s in serving["secrets"]] == ["serving_tokens"]
+    assert config["secrets"]["serving_tokens"]["file"] == "/etc/mlstack/serving-tokens"
     # Without the login, compose refuses to run anything in auth mode, naming what is missing.
     # (Compose names only the first missing variable it meets, in no fixed order: leave out one
     # at a time.)
     files = ["-f", "docker-compose.yml", "-f", "docker-compose.auth.yml"]
     clean = {k: v for k, v in os.environ.items() if k not in OWN_VARS}
-    for missing in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+    for missing in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "SERVING_TOKENS_FILE"):
         env = clean | {k: v for k, v in AUTH_ENV.items() if k != missing}
         result = subprocess.run(
             ["docker", "compose", *files, "config", "-q"],

@@ -1,0 +1,66 @@
+"""Optional bearer-token authentication of `mlstack serve`.
+
+Tokens come from a file (`MLSTACK_SERVE_TOKENS_FILE`, e.g. a Docker or Kubernetes secret mounted
+at /run/secrets/...), one token per line; blank lines and `#` comments are ignored. Never from the
+command line, where `ps` would show them. With no file configured, authentication is off.
+
+When on, every route but the probes (`/health`, `/ping`, `/v2/health/live`, `/v2/health/ready`)
+needs `Authorization: Bearer <token>`; otherwise the answer is 401 with MLflow's error JSON
+(`UNAUTHENTICATED`) and a `WWW-Authenticate: Bearer` header. The presented token is hashed and
+its SHA-256 compared with every configured token's in constant time (`hmac.compare_digest`, and
+no early exit), so neither the content nor the position of a valid token leaks through timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+
+OPEN_PATHS = frozenset(("/health", "/ping", "/v2/health/live", "/v2/health/ready"))
+MIN_TOKEN_CHARS = 16
+CHALLENGE = (b"www-authenticate", b'Bearer realm="mlstack-serve"')
+
+
+class TokenFileError(ValueError):
+    """The tokens file is missing, unreadable, empty or holds a token too short to be safe."""
+
+
+def read_tokens(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenFileError(f"cannot read the serving tokens file {path}: {exc}") from exc
+    tokens = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if len(line) < MIN_TOKEN_CHARS or any(c.isspace() for c in line):
+            raise TokenFileError(
+                f"{path}, line {number}: a token must be at least {MIN_TOKEN_CHARS} characters "
+                "without spaces (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        tokens.append(line)
+    if not tokens:
+        raise TokenFileError(f"the serving tokens file {path} holds no token")
+    return tokens
+
+
+class BearerAuth:
+    def __init__(self, tokens: list[str]) -> None:
+        self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
+
+    @classmethod
+    def from_file(cls, path: Path) -> BearerAuth:
+        return cls(read_tokens(path))
+
+    def allows(self, authorization: bytes | None) -> bool:
+        """True when the Authorization header value carries one of the tokens."""
+        if not authorization or authorization[:7].lower() != b"bearer ":
+            return False
+        presented = hashlib.sha256(authorization[7:].strip()).digest()
+        matched = False
+        for digest in self._digests:  # all of them, always: no early exit
+            matched |= hmac.compare_digest(presented, digest)
+        return matched
