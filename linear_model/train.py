@@ -6,7 +6,7 @@ Usage: python linear_model/train.py [--params FILE] [--set key=value ...] [--exp
 from pathlib import Path
 
 from mlstack.params import LinearParams
-from mlstack.runner import main
+from mlstack.runner import run
 
 
 def build_estimator(p: LinearParams):
@@ -28,4 +28,4 @@ def build_estimator(p: LinearParams):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(Path(__file__).resolve().parent, LinearParams, build_estimator))
+    run(Path(__file__).resolve().parent, LinearParams, build_estimator)

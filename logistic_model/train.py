@@ -6,7 +6,7 @@ Usage: python logistic_model/train.py [--params FILE] [--set key=value ...] [--e
 from pathlib import Path
 
 from mlstack.params import LogisticParams
-from mlstack.runner import main
+from mlstack.runner import run
 
 
 def build_estimator(p: LogisticParams):
@@ -26,4 +26,4 @@ def build_estimator(p: LogisticParams):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(Path(__file__).resolve().parent, LogisticParams, build_estimator))
+    run(Path(__file__).resolve().parent, LogisticParams, build_estimator)

@@ -6,7 +6,7 @@ Usage: python random_forest_model/train.py [--params FILE] [--set key=value ...]
 from pathlib import Path
 
 from mlstack.params import RandomForestParams
-from mlstack.runner import main
+from mlstack.runner import run
 
 
 def build_estimator(p: RandomForestParams):
@@ -29,4 +29,4 @@ def build_estimator(p: RandomForestParams):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(Path(__file__).resolve().parent, RandomForestParams, build_estimator))
+    run(Path(__file__).resolve().parent, RandomForestParams, build_estimator)
