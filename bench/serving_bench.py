@@ -154,8 +154,9 @@ def wait_for(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = No
 
 
 @contextmanager
-def platform(args: argparse.Namespace, env: dict[str, str]) -> Iterator[str]:
-    """A tracking URI: the given one, or a fresh `mlstack local up` stopped on exit."""
+def platform(args: argparse.Namespace, env: dict[str, str], workers: int = 1) -> Iterator[str]:
+    """A tracking URI: the given one, or a fresh `mlstack local up` (`workers` MLflow server
+    workers) stopped on exit. bench/trainer_bench.py uses it too."""
     if args.tracking_uri:
         yield args.tracking_uri
         return
@@ -164,7 +165,7 @@ def platform(args: argparse.Namespace, env: dict[str, str]) -> Iterator[str]:
     cmd = [sys.executable, "-m", "mlstack", "local"]
     up = [
         "up", "--state-dir", str(state_dir), "--mlflow-port", str(mlflow_port),
-        "--serving-port", str(free_port()), "--s3-port", str(free_port()), "--workers", "1",
+        "--serving-port", str(free_port()), "--s3-port", str(free_port()), "--workers", str(workers),
     ]  # fmt: skip
     print(f"starting a platform in {state_dir} (mlstack local up; about a minute) ...", flush=True)
     try:

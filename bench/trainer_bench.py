@@ -31,54 +31,19 @@ import datetime
 import json
 import os
 import platform as host_platform
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from serving_bench import platform  # the same temporary platform; bench/ is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = ROOT / "bench" / "plain_logistic_train.py"
-HOST = "127.0.0.1"
 TARGETS = {"native": 0.4, "compose": 0.5}
 TRAINER = "logistic_model_trainer"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def native_platform(args: argparse.Namespace, env: dict[str, str]) -> Iterator[str]:
-    """A tracking URI: the given one, or a fresh `mlstack local up` stopped on exit."""
-    if args.tracking_uri:
-        yield args.tracking_uri
-        return
-    state_dir = Path(tempfile.mkdtemp(prefix="mlstack-trainer-bench-"))
-    mlflow_port = free_port()
-    cmd = [sys.executable, "-m", "mlstack", "local"]
-    up = [
-        "up", "--state-dir", str(state_dir), "--mlflow-port", str(mlflow_port),
-        "--serving-port", str(free_port()), "--s3-port", str(free_port()),
-    ]  # fmt: skip
-    print(f"starting a platform in {state_dir} (mlstack local up; about a minute) ...", flush=True)
-    try:
-        subprocess.run([*cmd, *up], env=env, check=True, timeout=600)
-        yield f"http://{HOST}:{mlflow_port}"
-    finally:
-        down = subprocess.run(
-            [*cmd, "down", "--state-dir", str(state_dir)], env=env, check=False, timeout=180
-        )
-        if down.returncode == 0:
-            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:
@@ -231,7 +196,8 @@ def main() -> None:
     results = []
     for mode in args.modes:
         if mode == "native":
-            with native_platform(args, env) as uri:
+            # The platform `mlstack local up` starts by default: two MLflow server workers.
+            with platform(args, env, workers=2) as uri:
                 results.append(run_pairs(mode, {**env, "MLFLOW_TRACKING_URI": uri}, args.pairs))
         else:
             results.append(run_pairs(mode, env, args.pairs))
