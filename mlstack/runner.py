@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mlstack import __version__
 from mlstack.fitting import (
@@ -41,6 +41,9 @@ from mlstack.tracking import (
     mark_runs_failed,
     stop_client_retries,
 )
+
+if TYPE_CHECKING:
+    from mlstack.registry import Champion  # imports MLflow: only once the run is under way
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_PARAMS, EXIT_NO_TRACKING = 0, 1, 2, 3
 
@@ -144,7 +147,7 @@ class TrainingRun:
         if commit:
             self.tags["mlstack.git_commit"] = commit
         self.run_ids: list[str] = []  # every run this invocation started, top run first
-        self.champion: Any = None  # registry.Champion, looked up while the model is serialised
+        self.champion: Champion | None = None  # looked up while the model is serialised
         self.failure: BaseException | None = None  # the first error inside a run
 
     @contextmanager
@@ -175,13 +178,13 @@ class TrainingRun:
     def _train_in(self, run_id: str, index: int, label: str) -> dict[str, float]:
         """Log configuration `index` into the active run `run_id` as the fitting process reports
         it: params first, then its metrics and plots. Returns the metrics."""
+        from mlstack.plots import draw_plots
+
         _, _, params = self.fitting.receive("fitting")
         self._log_batch(run_id, params.flat(), {})
         self.mlflow.log_input(self.mlflow_dataset, context="training")
         settings = ", ".join(f"{k}={v}" for k, v in params.hyperparameters().items())
         say(f"fitting {label} ({settings})")
-        from mlstack.plots import draw_plots
-
         _, reported, metrics, plot_data = self.fitting.receive("fitted")
         assert reported == index, (reported, index)
         self._log_batch(run_id, {}, metrics)
