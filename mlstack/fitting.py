@@ -40,14 +40,10 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from mlstack.data import Split
+    from mlstack.data import Dataset, Split
     from mlstack.evaluate import PlotData
 
 EstimatorBuilder = Callable[[Any], Any]
-
-
-def say(message: str) -> None:
-    print(f"[mlstack] {message}", flush=True)
 
 
 @dataclass(frozen=True)
@@ -58,8 +54,6 @@ class DataReport:
     source: str
     frame: pd.DataFrame  # features and target, as `mlflow.data.from_pandas` takes them
     target_name: str
-    rows: int
-    features: int
 
 
 @dataclass(frozen=True)
@@ -149,6 +143,15 @@ def package_model(estimator: Any, index: int, split: Split, out_dir: Path) -> Mo
     )
 
 
+def load_and_split(params: TrainerParams, params_path: Path) -> tuple[Dataset, Split]:
+    """The run's data set and its train/test split; ParamsError (exit 2) names the bad key."""
+    from mlstack.data import load_dataset, split_dataset
+
+    task = type(params).task
+    dataset = load_dataset(params.data, params_path.parent, str(params_path), task)
+    return dataset, split_dataset(dataset, params.data, task, str(params_path))
+
+
 def _fit_all(
     conn: Connection,
     params: TrainerParams,
@@ -156,12 +159,9 @@ def _fit_all(
     build_estimator: EstimatorBuilder,
     workdir: Path,
 ) -> None:
-    from mlstack.data import load_dataset, split_dataset
-
     task = type(params).task
     try:
-        dataset = load_dataset(params.data, params_path.parent, str(params_path), task)
-        split = split_dataset(dataset, params.data, task, str(params_path))
+        dataset, split = load_and_split(params, params_path)
     except ParamsError as exc:
         conn.send(("bad-data", str(exc)))
         return
@@ -174,8 +174,6 @@ def _fit_all(
                 source=dataset.source,
                 frame=frame,
                 target_name=str(dataset.target.name),
-                rows=len(dataset.features),
-                features=dataset.features.shape[1],
             ),
         )
     )

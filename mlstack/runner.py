@@ -29,6 +29,7 @@ from mlstack.fitting import (
     FittingFailed,
     FittingProcess,
     ModelPackage,
+    load_and_split,
 )
 from mlstack.params import ParamsError, TrainerParams, load_params
 from mlstack.settings import Settings, get_settings
@@ -396,12 +397,8 @@ def exit_without_finalising(code: int) -> NoReturn:
 
 def dry_run(params: TrainerParams, params_path: Path, experiment: str) -> int:
     """Validate params and data, print the resolved params; nothing is logged."""
-    from mlstack.data import load_dataset, split_dataset
-
-    task = type(params).task
     try:
-        dataset = load_dataset(params.data, params_path.parent, str(params_path), task)
-        split_dataset(dataset, params.data, task, str(params_path))
+        dataset, _ = load_and_split(params, params_path)
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_PARAMS

@@ -46,7 +46,11 @@ def test_reports_arrive_in_order_and_the_best_of_a_sweep_is_packaged(tmp_path: P
     try:
         _, data = fitting.receive("data")
         assert isinstance(data, DataReport)
-        assert (data.name, data.rows, data.features) == ("breast_cancer", 569, 30)
+        assert (data.name, data.frame.shape, data.target_name) == (
+            "breast_cancer",
+            (569, 31),
+            "target",
+        )
         aucs = []
         for index, c in enumerate((0.001, 1.0)):
             _, reported, params = fitting.receive("fitting")
