@@ -6,6 +6,7 @@ policies, and the schema refusing bad values by name."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shlex
@@ -201,6 +202,91 @@ def test_bundled_stores_use_generated_secrets_and_external_ones_the_named_secret
         if "secretKeyRef" in (env.get("valueFrom") or {})
     }
     assert refs == {"mlstack-postgresql", "mlstack-s3"}
+
+
+def serving_token_holders(docs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> list[str]:
+    """Components whose pods mount serving's tokens Secret, or name it in env, args or command."""
+    holders = []
+    for doc, spec in workloads(tuple(docs)):
+        mounts = {
+            v["name"]
+            for v in spec.get("volumes", [])
+            if v.get("secret", {}).get("secretName") == "mlstack-serving-tokens"
+        }
+        text = json.dumps(
+            [c.get(k) for c in spec["containers"] for k in ("env", "args", "command")]
+        )
+        if mounts or "mlstack-serving-tokens" in text:
+            holders.append(component(doc))
+    return holders
+
+
+def test_serving_tokens_are_a_secret_file_of_the_serving_pods_only() -> None:
+    docs = rendered("auth")
+    (secret,) = [
+        d
+        for d in docs
+        if d["kind"] == "Secret" and d["metadata"]["name"] == "mlstack-serving-tokens"
+    ]
+    assert hook(secret) == ({"pre-install", "pre-upgrade"}, -20)
+    token = base64.b64decode(secret["data"]["tokens"]).decode()
+    assert len(token) >= 16 and secret["data"]["token"] == secret["data"]["tokens"]
+    assert serving_token_holders(docs) == ["serving"]
+    (serving,) = [d for d in docs if d["kind"] == "Deployment" and component(d) == "serving"]
+    spec = pod_spec(serving)
+    assert spec is not None
+    (container,) = spec["containers"]
+    # The path in the environment, the file from the Secret volume, read-only; no token anywhere
+    # in the manifests but the Secret itself.
+    assert env_of(container)["MLSTACK_SERVE_TOKENS_FILE"] == "/etc/mlstack/serving-tokens/tokens"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "serving-tokens"]
+    assert mount == {
+        "name": "serving-tokens",
+        "mountPath": "/etc/mlstack/serving-tokens",
+        "readOnly": True,
+    }
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "serving-tokens"]
+    assert volume["secret"]["items"] == [{"key": "tokens", "path": "tokens"}]
+    others = [d for d in docs if d is not secret]
+    assert token not in json.dumps(others)
+    # Probes stay on the open routes.
+    assert {container[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe")} == {
+        "/health"
+    }
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ping"
+    # Off by default; an existing Secret is mounted by name and none is generated.
+    assert "MLSTACK_SERVE_TOKENS_FILE" not in env_of(
+        next(
+            c
+            for d, s in workloads(rendered("external"))
+            if component(d) == "serving"
+            for c in s["containers"]
+        )
+    )
+    named = render([*VALUE_SETS["auth"], "--set", "serving.auth.existingSecret=my-tokens"])
+    assert not [d for d in named if d["kind"] == "Secret" and "serving" in d["metadata"]["name"]]
+    (serving,) = [d for d in named if d["kind"] == "Deployment" and component(d) == "serving"]
+    volumes = serving["spec"]["template"]["spec"]["volumes"]
+    assert [v["secret"]["secretName"] for v in volumes if "secret" in v] == ["my-tokens"]
+
+
+def test_the_service_monitor_scrapes_serving_with_a_token_when_serving_wants_one() -> None:
+    def serving_monitor(args: list[str]) -> dict[str, Any]:
+        docs = render(args)
+        (monitor,) = [
+            d for d in docs if d["kind"] == "ServiceMonitor" and component(d) == "serving"
+        ]
+        return monitor["spec"]["endpoints"][0]
+
+    plain = serving_monitor(VALUE_SETS["monitoring"])
+    assert "authorization" not in plain
+    with_auth = serving_monitor(
+        [*VALUE_SETS["monitoring"], "-f", "charts/mlstack/examples/auth.yaml"]
+    )
+    assert with_auth["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": "mlstack-serving-tokens", "key": "token"},
+    }
 
 
 def test_generated_passwords_are_random_per_install() -> None:

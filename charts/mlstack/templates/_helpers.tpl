@@ -143,6 +143,11 @@ localhost (kubectl port-forward), the ingress hosts, extras; pod IPs only when a
 {{- default (include "mlstack.component" (dict "root" . "component" "client")) .Values.auth.clientExistingSecret }}
 {{- end }}
 
+{{/* The Secret with serving's bearer tokens: the named one, or the one the chart generates. */}}
+{{- define "mlstack.servingTokensSecret" -}}
+{{- .Values.serving.auth.existingSecret | default (include "mlstack.component" (dict "root" . "component" "serving-tokens")) }}
+{{- end }}
+
 {{/* A random value kept across upgrades: mlstack.keptSecret (dict "root" $ "name" N "key" K "length" L) */}}
 {{- define "mlstack.keptSecret" -}}
 {{- $old := lookup "v1" "Secret" .root.Release.Namespace .name }}
