@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -258,10 +259,12 @@ def server(
     proc = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+    SERVER_GROUPS[port] = proc.pid  # its own session: the group holds uvicorn and its workers
     try:
         wait_for(f"http://{HOST}:{port}/ping", 180, proc)
         yield port
     finally:
+        SERVER_GROUPS.pop(port, None)
         os.killpg(proc.pid, signal.SIGTERM)  # stock `mlflow models serve` runs uvicorn as a child
         try:
             proc.wait(timeout=20)
@@ -289,6 +292,96 @@ def same_predictions(ports: dict[str, int], body: bytes) -> None:
         raise RuntimeError(f"servers disagree: {answers}")
 
 
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+for line in (os.getenv("BENCH_HEADERS") or ""):gmatch("[^\\n]+") do
+  local name, value = line:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+done = function(summary, latency, requests)
+  io.write(string.format(
+    "BENCH {\\"requests\\": %d, \\"duration_us\\": %d, \\"p50_us\\": %d, \\"p99_us\\": %d, "
+    .. "\\"non_2xx\\": %d, \\"socket_errors\\": %d}\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def load_client(args: argparse.Namespace) -> str:
+    """`wrk` (scripts/install-bench-tools.sh) unless told otherwise: its epoll loop in C costs
+    a few percent of a core, where the Python generator costs about what the server does."""
+    if args.client == "auto":
+        return "wrk" if shutil.which("wrk") else "python"
+    if args.client == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("--client wrk: no wrk on PATH (run scripts/install-bench-tools.sh)")
+    return str(args.client)
+
+
+def _run_wrk(
+    port: int, body_path: str, clients: int, seconds: float, path: str, headers: list[str]
+) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(WRK_SCRIPT)
+        script.flush()
+        env = {**os.environ, "BENCH_BODY": body_path, "BENCH_HEADERS": "\n".join(headers)}
+        cmd = [
+            "wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
+            "-s", script.name, f"http://{HOST}:{port}{path}",
+        ]  # fmt: skip
+        done = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, check=True, timeout=seconds + 60
+        )
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("BENCH ")]
+    raw = json.loads(line[6:])
+    measured = raw["duration_us"] / 1e6
+    return {
+        "requests": raw["requests"],
+        "rps": raw["requests"] / measured,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "non_2xx": raw["non_2xx"] + raw["socket_errors"],
+    }
+
+
+# --- where the CPU went during a cell: server, load generator, everything else --------------------
+SERVER_GROUPS: dict[int, int] = {}  # port -> process group of the server listening there
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _group_cpu_seconds(pgid: int) -> float:
+    """user + system CPU seconds of every live process in a process group (Linux /proc)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICKS
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / _TICKS
+
+
+def _children_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_cell(
     port: int,
     body: bytes,
@@ -297,19 +390,42 @@ def run_cell(
     path: str = "/invocations",
     headers: list[str] | None = None,
 ) -> dict[str, Any]:
+    """One measurement: requests/s, p50, p99, non-2xx; and `cpu`, the cores (CPU seconds per
+    second of wall time, warm-up included) the server, the load generator and everything else
+    on the machine used meanwhile."""
+    pgid = SERVER_GROUPS.get(port)
+    server_before = _group_cpu_seconds(pgid) if pgid else 0.0
+    client_before, machine_before = _children_cpu_seconds(), _machine_busy_seconds()
+    started = time.perf_counter()
     with tempfile.NamedTemporaryFile(suffix=".json") as handle:
         handle.write(body)
         handle.flush()
-        cmd = [
-            sys.executable, __file__, "_load", "--port", str(port), "--body", handle.name,
-            "--clients", str(clients), "--warmup", str(args.warmup),
-            "--duration", str(args.duration), "--path", path,
-        ]  # fmt: skip
-        for header in headers or []:
-            cmd += ["--header", header]
-        timeout = args.warmup + args.duration + 60
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=timeout)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        if load_client(args) == "wrk":
+            if args.warmup > 0:
+                _run_wrk(port, handle.name, clients, args.warmup, path, headers or [])
+            result = _run_wrk(port, handle.name, clients, args.duration, path, headers or [])
+        else:
+            cmd = [
+                sys.executable, __file__, "_load", "--port", str(port), "--body", handle.name,
+                "--clients", str(clients), "--warmup", str(args.warmup),
+                "--duration", str(args.duration), "--path", path,
+            ]  # fmt: skip
+            for header in headers or []:
+                cmd += ["--header", header]
+            timeout = args.warmup + args.duration + 60
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=timeout)
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+    wall = time.perf_counter() - started
+    server = (_group_cpu_seconds(pgid) - server_before) / wall if pgid else float("nan")
+    client = (_children_cpu_seconds() - client_before) / wall
+    machine = (_machine_busy_seconds() - machine_before) / wall
+    result["cpu"] = {
+        "server_cores": round(server, 3),
+        "client_cores": round(client, 3),
+        "other_cores": round(max(0.0, machine - server - client), 3),
+        "idle_cores": round(max(0.0, (os.cpu_count() or 1) - machine), 3),
+    }
+    return result
 
 
 def machine_context(args: argparse.Namespace) -> dict[str, Any]:
@@ -326,6 +442,7 @@ def machine_context(args: argparse.Namespace) -> dict[str, Any]:
         "scikit_learn": sklearn.__version__,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
+        "load_generator": load_client(args),
     }
 
 
@@ -442,19 +559,33 @@ def rollouts_main(args: argparse.Namespace) -> None:
         champion_uri = f"models:/{model.name}@{ALIAS}"
         off = {"MLSTACK_SERVE_CHALLENGER_ALIAS": ""}
         body = model.payloads[1]
-        with (
-            server("mlstack", model, env, off, uri=champion_uri, label="-plain") as plain,
-            server("mlstack", model, env, {"MLSTACK_CANARY_WEIGHT": "10"}, uri=champion_uri, label="-canary") as canary,
-            server("mlstack", model, env, {"MLSTACK_SHADOW_PERCENT": "100"}, uri=champion_uri, label="-shadow") as shadow,
-            server("mlstack", model, env, {**off, "MLSTACK_SERVE_TOKENS_FILE": str(tokens)}, uri=champion_uri, label="-auth") as auth,
+        wanted = {c[0] for c in ROLLOUT_CELLS if not args.cells or c[0] in args.cells}
+        # Only the servers the chosen cells need (`--cells v2 workers`: three).
+        specs = {
+            "plain": (model, off, 1, wanted - {"workers"}),
+            "canary": (model, {"MLSTACK_CANARY_WEIGHT": "10"}, 1, {"canary"}),
+            "shadow": (model, {"MLSTACK_SHADOW_PERCENT": "100"}, 1, {"shadow"}),
+            "auth": (model, {**off, "MLSTACK_SERVE_TOKENS_FILE": str(tokens)}, 1, {"auth"}),
             # Workers scale CPU-bound work: the forest on 100 rows keeps the server, not the
-            # load generator (one process on the same 2 cores), the bottleneck.
-            server("mlstack", forest, env, off, label="-1w") as one_worker,
-            server("mlstack", forest, env, off, workers=2, label="-2w") as two,
-        ):  # fmt: skip
-            for port in (canary, shadow):
-                wait_challenger(port, model.name)
-            time.sleep(3)  # the second worker of `two` finishes its own load
+            # load generator, the bottleneck.
+            "1w": (forest, off, 1, {"workers"}),
+            "2w": (forest, off, 2, {"workers"}),
+        }
+        with contextlib.ExitStack() as stack:
+            ports: dict[str, int] = {}
+            for label, (served, extra, workers, cells_using) in specs.items():
+                if cells_using & wanted:
+                    uri = champion_uri if served is model else None
+                    ports[label] = stack.enter_context(
+                        server("mlstack", served, env, extra, workers, uri, f"-{label}")
+                    )
+            for label in ("canary", "shadow"):
+                if label in ports:
+                    wait_challenger(ports[label], model.name)
+            if "2w" in ports:
+                time.sleep(3)  # the second worker of `2w` finishes its own load
+            plain, canary, shadow = ports.get("plain"), ports.get("canary"), ports.get("shadow")
+            auth, one_worker, two = ports.get("auth"), ports.get("1w"), ports.get("2w")
             bearer = [f"Authorization: Bearer {token}"]
             v2_path = f"/v2/models/{model.name}/infer"
             plans = {
@@ -504,6 +635,7 @@ def rollouts_main(args: argparse.Namespace) -> None:
                     cell["shadow_copies"] = shadow_copies(shadow)
                 cells.append(cell)
                 print_rollout_row(cell, header=len(cells) == 1)
+                print(cpu_line(cell), flush=True)
                 if key == "shadow":
                     copies = cell["shadow_copies"]
                     print(
@@ -531,9 +663,29 @@ def shadow_copies(port: int) -> dict[str, float]:
 
 
 def _median_result(results: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+    median = {
         key: statistics.median(r[key] for r in results) for key in ("rps", "p50_ms", "p99_ms")
     } | {"non_2xx": sum(r["non_2xx"] for r in results)}
+    if all("cpu" in r for r in results):
+        median["cpu"] = {
+            key: round(statistics.median(r["cpu"][key] for r in results), 3)
+            for key in results[0]["cpu"]
+        }
+    return median
+
+
+def cpu_line(cell: dict[str, Any]) -> str:
+    """Where the cores went (medians): the server, the load generator, other work, idle."""
+    parts = []
+    for side, label in (("base", cell["base_label"]), ("feature", cell["feature_label"])):
+        cpu = cell[side].get("cpu")
+        if cpu:
+            parts.append(
+                f"{label}: server {cpu['server_cores']:.2f}, load generator "
+                f"{cpu['client_cores']:.2f}, other {cpu['other_cores']:.2f}, idle "
+                f"{cpu['idle_cores']:.2f}"
+            )
+    return "  cores used (" + "; ".join(parts) + ")" if parts else ""
 
 
 ROLLOUT_HEADER = (
@@ -563,6 +715,8 @@ def print_rollout_table(cells: list[dict[str, Any]]) -> None:
     print("-" * len(ROLLOUT_HEADER))
     for cell in cells:
         print_rollout_row(cell)
+        if line := cpu_line(cell):
+            print(line)
 
 
 def write_rollout_chart(cells: list[dict[str, Any]], context: dict[str, Any], path: Path) -> None:
@@ -576,7 +730,11 @@ def write_rollout_chart(cells: list[dict[str, Any]], context: dict[str, Any], pa
 
     x = np.arange(len(cells))
     width = 0.38
-    fig, (rps_ax, p99_ax) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+    with_cpu = all("cpu" in c["base"] and "cpu" in c["feature"] for c in cells)
+    fig, axes = plt.subplots(
+        3 if with_cpu else 2, 1, figsize=(11, 11 if with_cpu else 8), sharex=True
+    )
+    rps_ax, p99_ax = axes[0], axes[1]
     for ax, metric, title, fmt in (
         (rps_ax, "rps", "throughput, requests/s (higher is better)", "{:,.0f}"),
         (p99_ax, "p99_ms", "p99 latency, ms (lower is better)", "{:,.2f}"),
@@ -601,8 +759,40 @@ def write_rollout_chart(cells: list[dict[str, Any]], context: dict[str, Any], pa
             textcoords="offset points", ha="center", fontsize=8.5, fontweight="bold",
             color="#1a7f37" if cell["met"] else "#cf222e",
         )  # fmt: skip
+    if with_cpu:  # where the machine's cores went: the answer to "why not 2x with 2 workers"
+        cpu_ax = axes[2]
+        parts = (
+            ("server_cores", "#1f77b4", "server"),
+            ("client_cores", "#ff7f0e", "load generator"),
+            ("other_cores", "#9e9e9e", "other work on the machine"),
+            ("idle_cores", "#e8e8e8", "idle"),
+        )
+        for offset, side in ((-width / 2, "base"), (width / 2, "feature")):
+            bottom = np.zeros(len(cells))
+            for key, color, name in parts:
+                values = np.array([c[side]["cpu"][key] for c in cells])
+                cpu_ax.bar(
+                    x + offset, values, width, bottom=bottom, color=color, edgecolor="white",
+                    label=name if side == "base" else None,
+                )  # fmt: skip
+                bottom += values
+        for i, cell in enumerate(cells):
+            for offset, side in ((-width / 2, "base"), (width / 2, "feature")):
+                server = cell[side]["cpu"]["server_cores"]
+                cpu_ax.annotate(
+                    f"{server:.2f}", (x[i] + offset, server / 2), ha="center", va="center",
+                    fontsize=7.5, color="white",
+                )  # fmt: skip
+        cpu_ax.set_title(
+            "cores used during each side (medians; left bar baseline, right bar feature)",
+            loc="left", fontsize=11,
+        )  # fmt: skip
+        cpu_ax.legend(fontsize=8, ncol=4, loc="upper left")
+        cpu_ax.set_ylim(0, (context.get("cpus") or 2) * 1.25)
+        cpu_ax.grid(axis="y", alpha=0.3)
+        cpu_ax.set_axisbelow(True)
     labels = [f"{c['base_label']}\nvs\n{c['feature_label']}" for c in cells]
-    p99_ax.set_xticks(x, labels, fontsize=8.5)
+    axes[-1].set_xticks(x, labels, fontsize=8.5)
     handles, names = rps_ax.get_legend_handles_labels()
     fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=2, fontsize=9)
     fig.suptitle(
@@ -616,8 +806,9 @@ def write_rollout_chart(cells: list[dict[str, Any]], context: dict[str, Any], pa
             f"{context.get('date')}: {context.get('cpus')} CPUs, load average "
             f"{context.get('load_average_at_start')} at start, {context.get('load_average_at_end')}"
             f" at end; {context.get('rounds')} alternating rounds of {context.get('duration_s')} s "
-            "per side; bars: medians, ratio: median of the per-round ratios. Shared machine: "
-            "compare ratios, not absolute numbers.",
+            f"per side, load generator {context.get('load_generator', 'python')}; bars: medians, "
+            "ratio: median of the per-round ratios.\nShared machine: compare ratios, not "
+            "absolute numbers.",
             ha="center", va="bottom", fontsize=8, color="#444444",
         )  # fmt: skip
     fig.tight_layout(rect=(0, 0.04, 1, 0.93))
@@ -779,6 +970,13 @@ def main() -> None:
         "auth and workers against plain mlstack serve (chart default bench/serving_rollouts.png)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rollouts: alternating rounds")
+    parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: wrk (scripts/install-bench-tools.sh), the built-in Python one, or "
+        "auto (wrk when on PATH; default)",
+    )
     parser.add_argument(
         "--cells", nargs="*", choices=[c[0] for c in ROLLOUT_CELLS], help="rollouts: subset"
     )
