@@ -60,7 +60,10 @@ class Settings(BaseSettings):
         default="mlstack",
         validation_alias=AliasChoices("SERVING_ENGINE", "MLSTACK_SERVING_ENGINE"),
     )
-    serve_workers: int = Field(default=1, ge=1)
+    # Compose's name too: `SERVING_WORKERS=2 mlstack local up` does what it does in `.env`.
+    serve_workers: int = Field(
+        default=1, ge=1, validation_alias=AliasChoices("MLSTACK_SERVE_WORKERS", "SERVING_WORKERS")
+    )
     poll_interval_seconds: float = Field(default=5.0, gt=0)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     request_timeout_seconds: float = Field(default=30.0, gt=0)

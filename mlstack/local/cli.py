@@ -41,6 +41,11 @@ def register(subparsers: Any) -> None:
         "--artifacts-dir", type=Path, help="folder for --artifacts file (default ./mlartifacts)"
     )
     up.add_argument("--workers", type=positive_int, help="MLflow server workers (default 2)")
+    up.add_argument(
+        "--serving-workers",
+        type=positive_int,
+        help="mlstack serve worker processes (default: MLSTACK_SERVE_WORKERS, else 1)",
+    )
     up.set_defaults(func=cmd_up)
 
     down = commands.add_parser("down", help="stop what `up` started (data are kept)")
@@ -125,6 +130,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         mlflow_port=args.mlflow_port,
         serving_port=args.serving_port,
         s3_port=args.s3_port,
+        serving_workers=args.serving_workers,
     )
     with state_dir_of(args).locked():
         current = load_platform(args)

@@ -39,6 +39,7 @@ class UpOptions:
     mlflow_port: int | None = None
     serving_port: int | None = None
     s3_port: int | None = None
+    serving_workers: int | None = None
 
 
 def resolve_config(persisted: PlatformConfig | None, options: UpOptions) -> PlatformConfig:

@@ -33,7 +33,13 @@ class ServingService(Service):
             "--model-uri", self.settings.effective_model_uri,
             "--host", LOOPBACK,
             "--port", str(self.port),
+            "--workers", str(self.workers),
         ]  # fmt: skip
+
+    @property
+    def workers(self) -> int:
+        """`up --serving-workers N` (kept in platform.json), else MLSTACK_SERVE_WORKERS."""
+        return self.config.serving_workers or self.settings.serve_workers
 
     def launch(self) -> ProcessRecord:
         env = child_env({"MLFLOW_TRACKING_URI": self.config.tracking_uri})

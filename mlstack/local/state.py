@@ -83,6 +83,8 @@ class PlatformConfig:
     workers: int = DEFAULT_WORKERS
     mlflow_port: int = DEFAULT_MLFLOW_PORT
     serving_port: int = DEFAULT_SERVING_PORT
+    # `mlstack serve` worker processes; 0: not chosen, MLSTACK_SERVE_WORKERS (default 1) decides.
+    serving_workers: int = 0
     s3_port: int = DEFAULT_S3_PORT
     postgres_port: int = 0  # 0: not chosen yet
     s3_internal_ports: dict[str, int] = field(default_factory=dict)
