@@ -15,7 +15,10 @@ A model with a column signature takes either one tensor per column (named like t
 A tensor signature takes one tensor of the signature's width. Data may be flat (row-major) or
 nested. Scikit-learn models with a numeric signature go through the same fast path as
 `/invocations` (numpy array -> estimator); other models through the pyfunc's own `predict`, with
-MLflow's schema enforcement. The answer holds one output tensor, `predict`.
+MLflow's schema enforcement. The answer holds one output tensor, `predict`. The common request
+(one FP tensor `[N, width]` of plain numbers, for a fast-path model) skips the general parser:
+`fast_lane_array` checks it in one pass and builds the same array; anything it does not fully
+recognise goes through `request_rows`, which names what is wrong.
 
 Errors are the protocol's: HTTP 400 (bad request) or 404 (no such model or version) with
 `{"error": "<message>"}`.
@@ -326,6 +329,62 @@ def predict_fast(model: ServedModel, rows: Rows) -> Any | None:
         return fast.predict_array(array)
     except Exception:  # the pyfunc path reproduces (and reports) any failure
         return None
+
+
+_LANE_KEYS = frozenset(("inputs", "id", "parameters"))
+_NUMBERS = frozenset((float, int))
+
+
+def fast_lane_array(payload: Any, model: ServedModel) -> np.ndarray | None:
+    """The common request, one FP tensor `[N, width]` of plain numbers for a fast-path model,
+    straight to the fast path's array; None for anything else (`request_rows` then parses it
+    and names what is wrong). Same values and layout as `request_rows` + `predict_fast`."""
+    fast = model.fast
+    if fast is None or type(payload) is not dict or not _LANE_KEYS.issuperset(payload):
+        return None
+    spec = fast.spec
+    inputs = payload.get("inputs")
+    if spec.long_columns or type(inputs) is not list or len(inputs) != 1:
+        return None
+    if ("id" in payload and type(payload["id"]) is not str) or (
+        "parameters" in payload and type(payload["parameters"]) is not dict
+    ):
+        return None
+    tensor = inputs[0]
+    if type(tensor) is not dict or type(tensor.get("name")) is not str:
+        return None
+    shape, data, datatype = tensor.get("shape"), tensor.get("data"), tensor.get("datatype")
+    if type(shape) is not list or len(shape) != 2 or type(datatype) is not str:
+        return None
+    if datatype not in _FLOAT_TYPES:
+        return None
+    count, width = shape
+    if type(count) is not int or count < 1 or width != spec.width or type(width) is not int:
+        return None
+    if type(data) is not list or not data:
+        return None
+    if type(data[0]) is list:  # rows
+        if len(data) != count:
+            return None
+        for row in data:
+            if type(row) is not list or len(row) != width:
+                return None
+        kinds = {type(v) for row in data for v in row}
+    else:  # flat, row-major
+        if len(data) != count * width:
+            return None
+        kinds = set(map(type, data))
+    if not kinds <= _NUMBERS:
+        return None  # bools, strings, nulls, deeper nesting: the general parser decides
+    try:
+        array = np.array(data, dtype=np.float64)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    if int in kinds and np.abs(array).max() >= _MAX_SAFE:
+        return None  # an integer a float64 cannot hold: the general parser refuses it
+    if array.ndim == 1:
+        array = array.reshape(count, width)
+    return np.asfortranarray(array) if spec.order == "F" else array
 
 
 def predict_pyfunc(model: ServedModel, rows: Rows, names: list[str] | None) -> Any:
