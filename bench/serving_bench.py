@@ -400,10 +400,14 @@ def run_cell(
     with tempfile.NamedTemporaryFile(suffix=".json") as handle:
         handle.write(body)
         handle.flush()
+        answered = None  # requests the server answered meanwhile, warm-up included
         if load_client(args) == "wrk":
+            warm = 0
             if args.warmup > 0:
-                _run_wrk(port, handle.name, clients, args.warmup, path, headers or [])
+                warm = _run_wrk(port, handle.name, clients, args.warmup, path, headers or [])
+                warm = warm["requests"]
             result = _run_wrk(port, handle.name, clients, args.duration, path, headers or [])
+            answered = warm + result["requests"]
         else:
             cmd = [
                 sys.executable, __file__, "_load", "--port", str(port), "--body", handle.name,
@@ -425,6 +429,8 @@ def run_cell(
         "other_cores": round(max(0.0, machine - server - client), 3),
         "idle_cores": round(max(0.0, (os.cpu_count() or 1) - machine), 3),
     }
+    if answered and pgid:  # the server's CPU per answer: what the machine's load barely moves
+        result["cpu"]["server_us_per_request"] = round(server * wall / answered * 1e6, 1)
     return result
 
 
@@ -629,6 +635,15 @@ def rollouts_main(args: argparse.Namespace) -> None:
                     if b[metric]
                 ]
                 cell["round_ratios"] = [round(r, 3) for r in ratios]
+                costs = [
+                    (b["cpu"].get("server_us_per_request"), f["cpu"].get("server_us_per_request"))
+                    for b, f in zip(runs["base"], runs["feature"], strict=True)
+                    if "cpu" in b and "cpu" in f
+                ]
+                if costs and all(b and f for b, f in costs):
+                    # Server CPU per answer, baseline over feature (> 1: the feature is cheaper):
+                    # what a busy machine moves least, beside the throughput ratio it moves most.
+                    cell["cpu_cost_ratio"] = round(statistics.median(b / f for b, f in costs), 3)
                 cell["ratio"] = statistics.median(ratios) if ratios else float("nan")
                 cell["met"] = cell["ratio"] >= target if higher else cell["ratio"] <= target
                 if key == "shadow":
@@ -680,12 +695,19 @@ def cpu_line(cell: dict[str, Any]) -> str:
     for side, label in (("base", cell["base_label"]), ("feature", cell["feature_label"])):
         cpu = cell[side].get("cpu")
         if cpu:
+            per_request = cpu.get("server_us_per_request")
             parts.append(
                 f"{label}: server {cpu['server_cores']:.2f}, load generator "
                 f"{cpu['client_cores']:.2f}, other {cpu['other_cores']:.2f}, idle "
                 f"{cpu['idle_cores']:.2f}"
+                + (f"; server CPU {per_request:.0f} us/request" if per_request else "")
             )
-    return "  cores used (" + "; ".join(parts) + ")" if parts else ""
+    if not parts:
+        return ""
+    line = "  cores used (" + "; ".join(parts) + ")"
+    if "cpu_cost_ratio" in cell:
+        line += f"\n  server CPU per request, baseline / feature: {cell['cpu_cost_ratio']:.2f}x"
+    return line
 
 
 ROLLOUT_HEADER = (
@@ -778,10 +800,13 @@ def write_rollout_chart(cells: list[dict[str, Any]], context: dict[str, Any], pa
                 bottom += values
         for i, cell in enumerate(cells):
             for offset, side in ((-width / 2, "base"), (width / 2, "feature")):
-                server = cell[side]["cpu"]["server_cores"]
+                cpu = cell[side]["cpu"]
+                per_request = cpu.get("server_us_per_request")
                 cpu_ax.annotate(
-                    f"{server:.2f}", (x[i] + offset, server / 2), ha="center", va="center",
-                    fontsize=7.5, color="white",
+                    f"server {cpu['server_cores']:.2f}"
+                    + (f"\n{per_request:.0f} us/req" if per_request else ""),
+                    (x[i] + offset, (context.get("cpus") or 2) * 1.02), ha="center",
+                    va="bottom", fontsize=7.5,
                 )  # fmt: skip
         cpu_ax.set_title(
             "cores used during each side (medians; left bar baseline, right bar feature)",
