@@ -813,7 +813,7 @@ def write_rollout_chart(cells: list[dict[str, Any]], context: dict[str, Any], pa
             loc="left", fontsize=11,
         )  # fmt: skip
         cpu_ax.legend(fontsize=8, ncol=4, loc="upper left")
-        cpu_ax.set_ylim(0, (context.get("cpus") or 2) * 1.25)
+        cpu_ax.set_ylim(0, (context.get("cpus") or 2) * 1.6)  # room for the labels and legend
         cpu_ax.grid(axis="y", alpha=0.3)
         cpu_ax.set_axisbelow(True)
     labels = [f"{c['base_label']}\nvs\n{c['feature_label']}" for c in cells]
