@@ -13,8 +13,14 @@ A failure in 1-3 leaves the real platform as it was and says why (the scratch pl
 either way; `--keep-scratch` keeps it to look into). Rolling back after 4: restore the backup into a
 platform running the old version (docs/upgrades.md).
 
-Native platform only (the local venv is the "new version" once `scripts/bootstrap.sh` ran); for
-Compose, docs/upgrades.md describes the same steps by hand.
+Native: the local venv is the "new version" once `scripts/bootstrap.sh` ran. Compose (`--compose`):
+the checkout's compose files and Dockerfiles are the new version once it is checked out; the
+running containers are the old one. The scratch platform is a second compose project of the same
+files (`<project>-upgrade-rehearsal`, its own volumes, free loopback ports), built and started
+with `up -d --build --wait`; its database is dropped and created empty and the backup restored
+into it; restarting its `mlflow` service runs `mlflow db upgrade` (docker/mlflow-server.sh). Step
+4 stops the real project's `mlflow` and `serving` and runs `up -d --build --wait`: the new images,
+and the migration in the `mlflow` entrypoint.
 """
 
 from __future__ import annotations
@@ -30,11 +36,22 @@ from pathlib import Path
 from typing import Any
 
 from mlstack.backup import create_backup, restore_backup
-from mlstack.platform.common import PlatformError, Say, reporting_errors, say
-from mlstack.platform.target import native_target
+from mlstack.platform.common import PlatformError, Say, reporting_errors, run_tool, say
+from mlstack.platform.compose import Compose
+from mlstack.platform.target import (
+    add_target_options,
+    compose_target,
+    native_target,
+    published_tracking_uri,
+)
 
 HEALTH_TIMEOUT_SECONDS = 300
 LOCAL_TIMEOUT_SECONDS = 900
+UP_WAIT_SECONDS = 900
+# The host addresses the compose files publish (docker-compose*.yml): the scratch project gets
+# free loopback ports for each, so it runs beside the real one.
+BIND_VARIABLES = ("MLFLOW_BIND", "SERVING_BIND", "MINIO_CONSOLE_BIND", "GRAFANA_BIND",
+                  "PROMETHEUS_BIND")  # fmt: skip
 
 
 def local(*args: str) -> str:
@@ -77,14 +94,17 @@ def empty_database(state_dir: Path) -> None:
         connection.close()
 
 
-def smoke_check(state_dir: Path, expected_runs: int, say: Say) -> None:
+def native_uri(state_dir: Path) -> str:
+    from mlstack.local.state import read_env_file
+
+    return read_env_file(state_dir / "env")["MLFLOW_TRACKING_URI"]
+
+
+def smoke_check(uri: str, expected_runs: int, say: Say) -> None:
     """The pinned client sees the archive's runs and versions; every alias resolves."""
     from mlflow import MlflowClient
     from mlflow.entities import ViewType
 
-    from mlstack.local.state import read_env_file
-
-    uri = read_env_file(state_dir / "env")["MLFLOW_TRACKING_URI"]
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
     while True:
@@ -143,7 +163,7 @@ def upgrade_native(state_dir: Path, backups: Path, keep_scratch: bool, say: Say)
         restore_backup(native_target(scratch), archive, force=False, say=say)
         say("upgrade: 3/4 migrating the scratch platform (mlflow db upgrade) and checking it")
         local("up", "--state-dir", str(scratch))
-        smoke_check(scratch, expected_runs, say)
+        smoke_check(native_uri(scratch), expected_runs, say)
     except PlatformError as error:
         raise PlatformError(
             f"the rehearsal failed; {state_dir} is unchanged (backup: {archive}):\n{error}"
@@ -160,21 +180,93 @@ def upgrade_native(state_dir: Path, backups: Path, keep_scratch: bool, say: Say)
     say(f"upgrade: 4/4 migrating {state_dir}")
     local("down", "--state-dir", str(state_dir))
     local("up", "--state-dir", str(state_dir))
-    smoke_check(state_dir, expected_runs, say)
+    smoke_check(native_uri(state_dir), expected_runs, say)
     say(f"upgrade: done; to roll back, restore {archive} into a platform of the old version")
+    return archive
+
+
+def compose_run(compose: Compose, *args: str, what: str) -> None:
+    run_tool(compose.command(*args), what)
+
+
+def compose_up(compose: Compose, *services: str) -> None:
+    wait = ("--wait", "--wait-timeout", str(UP_WAIT_SECONDS))
+    compose_run(compose, "up", "-d", "--build", *wait, *services,
+                what=f"docker compose up ({compose.project_name or 'the project'})")  # fmt: skip
+
+
+def empty_compose_database(compose: Compose) -> None:
+    """DROP and CREATE the project's database (what the new MLflow made of the empty one)."""
+    script = (
+        'psql -X -q -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d postgres '
+        '-c "DROP DATABASE \\"$POSTGRES_DB\\" WITH (FORCE)" '
+        '-c "CREATE DATABASE \\"$POSTGRES_DB\\""'
+    )
+    run_tool(compose.exec_command("postgres", "sh", "-c", script), "emptying the scratch database")
+
+
+def upgrade_compose(project_dir: Path, backups: Path, keep_scratch: bool, say: Say) -> Path:
+    from mlstack.local.processes import choose_free_ports
+
+    real = Compose(project_dir)
+    target = compose_target(project_dir, real)  # refuses a project that is not running
+    name = str(real.project_config().get("name") or "mlstack")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    archive = backups / f"pre-upgrade-{stamp}.tar.gz"
+    say(f"upgrade: 1/4 backing up {target.description} to {archive}")
+    manifest = create_backup(target, archive, say)
+    expected_runs = manifest.table_counts.get("runs", 0)
+
+    ports = choose_free_ports(len(BIND_VARIABLES))
+    scratch = Compose(
+        project_dir,
+        project_name=f"{name}-upgrade-rehearsal",
+        environment=tuple(
+            (k, f"127.0.0.1:{p}") for k, p in zip(BIND_VARIABLES, ports, strict=True)
+        ),
+    )
+    try:
+        say(f"upgrade: 2/4 restoring into a scratch compose project ({scratch.project_name}, "
+            "the new images)")  # fmt: skip
+        compose_run(scratch, "down", "--volumes", "--remove-orphans", what="clearing the scratch")
+        compose_up(scratch)
+        compose_run(scratch, "stop", "serving", what="stopping the scratch serving")
+        empty_compose_database(scratch)
+        restore_backup(compose_target(project_dir, scratch), archive, force=False, say=say)
+        say("upgrade: 3/4 migrating the scratch project (mlflow db upgrade) and checking it")
+        compose_run(scratch, "stop", "mlflow", what="stopping the scratch mlflow")
+        compose_up(scratch)
+        smoke_check(published_tracking_uri(scratch), expected_runs, say)
+    except PlatformError as error:
+        raise PlatformError(
+            f"the rehearsal failed; compose project {name} is unchanged (backup: {archive}):\n"
+            f"{error}"
+        ) from None
+    finally:
+        if keep_scratch:
+            say(f"upgrade: scratch project kept: `docker compose -p {scratch.project_name} "
+                "down -v --rmi local` removes it")  # fmt: skip
+        else:
+            compose_run(scratch, "down", "--volumes", "--remove-orphans", "--rmi", "local",
+                        what="removing the scratch project")  # fmt: skip
+
+    say(f"upgrade: 4/4 migrating compose project {name}")
+    compose_run(real, "stop", "serving", "mlflow", what="stopping mlflow and serving")
+    compose_up(real)
+    smoke_check(published_tracking_uri(real), expected_runs, say)
+    say(f"upgrade: done; to roll back, restore {archive} into a stack of the old version "
+        "(docs/upgrades.md)")  # fmt: skip
     return archive
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "upgrade",
-        help="migrate the native platform to this checkout's MLflow, rehearsed on a copy first",
+        help="migrate the platform to this checkout's MLflow, rehearsed on a copy first",
         description="Back up, restore into a scratch platform, migrate and check it there; only "
         "then migrate the real platform. A failed rehearsal changes nothing.",
     )
-    parser.add_argument(
-        "--state-dir", type=Path, help="the native platform's state dir (default: .mlstack)"
-    )
+    add_target_options(parser)
     parser.add_argument(
         "--backups", type=Path, default=Path("backups"), help="where the backup goes (backups/)"
     )
@@ -187,8 +279,12 @@ def register(subparsers: Any) -> None:
 def cmd_upgrade(args: argparse.Namespace) -> int:
     from mlstack.settings import get_settings
 
+    backups = args.backups.resolve()
+    if args.compose:
+        return reporting_errors(
+            "mlstack upgrade", lambda: upgrade_compose(Path.cwd(), backups, args.keep_scratch, say)
+        )
     state_dir = (args.state_dir or get_settings().state_dir).resolve()
     return reporting_errors(
-        "mlstack upgrade",
-        lambda: upgrade_native(state_dir, args.backups.resolve(), args.keep_scratch, say),
+        "mlstack upgrade", lambda: upgrade_native(state_dir, backups, args.keep_scratch, say)
     )

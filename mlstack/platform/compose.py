@@ -12,12 +12,20 @@ from mlstack.platform.common import PlatformError, run_tool
 
 @dataclass(frozen=True)
 class Compose:
-    """`docker compose` in a project folder; COMPOSE_FILE / COMPOSE_PROJECT_NAME pass through."""
+    """`docker compose` in a project folder; COMPOSE_FILE / COMPOSE_PROJECT_NAME pass through.
+
+    `project_name` (`-p`) and `environment` (interpolation variables, through `env`) make another
+    project from the same files: the scratch stack an upgrade rehearses on."""
 
     project_dir: Path
+    project_name: str = ""
+    environment: tuple[tuple[str, str], ...] = ()
 
     def command(self, *args: str) -> list[str]:
-        return ["docker", "compose", "--project-directory", str(self.project_dir), *args]
+        prefix = ["env", *(f"{k}={v}" for k, v in self.environment)] if self.environment else []
+        name = ["-p", self.project_name] if self.project_name else []
+        return [*prefix, "docker", "compose", "--project-directory", str(self.project_dir),
+                *name, *args]  # fmt: skip
 
     def exec_command(self, service: str, *argv: str) -> list[str]:
         return self.command("exec", "-T", service, *argv)

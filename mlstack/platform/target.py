@@ -74,8 +74,9 @@ def native_target(state_dir: Path) -> Target:
     )
 
 
-def compose_target(project_dir: Path) -> Target:
-    compose = Compose(project_dir)
+def compose_target(project_dir: Path, compose: Compose | None = None) -> Target:
+    """The Compose project of `project_dir` (or `compose`, another project of its files)."""
+    compose = compose or Compose(project_dir)
     config = compose.project_config()
     running = compose.running_services()
     missing = {"postgres", "mlflow"} - running

@@ -7,12 +7,17 @@ aliases (psql in the postgres container), the same objects with the same sha256 
 mlflow container), and serving answers with the same predictions for every champion.
 
 Its own compose project (`mlstack-e2e-backup`) on free ports, from tests/e2e/conftest.py. The
-same stack (no second `up`) then serves `scripts/gc.sh --compose` (docs/gc.md), a test with data of
-its own that passes alone or after the backup test.
+same stack (no second `up`) then serves `scripts/gc.sh --compose` (docs/gc.md), `mlstack import
+--compose` (a SQLite store, then another tracking server's URL) and, last, `scripts/upgrade.sh
+--compose` of a database an older MLflow wrote: tests with data of their own that pass alone or
+after the ones before them (the upgrade test replaces the stack's database, so it runs last).
+tests/e2e/compose.stores-published.yml (test only) publishes PostgreSQL and S3 on loopback for the
+older MLflow running on the host.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +29,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.docker
 
 COMPOSE_PROJECT = "mlstack-e2e-backup"
+COMPOSE_OVERLAYS = ("tests/e2e/compose.stores-published.yml",)
 MODELS = ("linear_model", "logistic_model", "random_forest_model")
 SCRIPT_TIMEOUT = 600
 
@@ -246,3 +252,219 @@ def test_import_of_a_stock_sqlite_store_arrives_once(stack: Stack, tmp_path: Pat
     assert "import: versions: 0 imported, 2 already there" in second.stdout
     assert stack.psql("SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM metrics), "
                       "(SELECT count(*) FROM model_versions)") == counts  # fmt: skip
+
+
+SERVER_MODEL = "imported_server_model"
+
+
+def test_import_from_another_tracking_server_arrives_once(stack: Stack, tmp_path: Path) -> None:
+    """A stock `mlflow server` (SQLite, its own artifact root) imported by its URL, twice."""
+    import subprocess
+    import sys
+
+    from stock_server import stock_server
+
+    repo = Path(__file__).resolve().parents[2]
+    folder = tmp_path / "server"
+    with stock_server(folder) as url:
+        made = subprocess.run([sys.executable, str(repo / "tests" / "stock_mlflow.py"),
+                               "--experiment", "imported-from-server", "--runs", "2", "--model",
+                               SERVER_MODEL], cwd=tmp_path, capture_output=True, text=True,
+                              env={**stack.env, "MLFLOW_TRACKING_URI": url}, timeout=600,
+                              check=False)  # fmt: skip
+        assert made.returncode == 0, made.stdout + made.stderr
+        import json
+
+        source = json.loads(made.stdout.strip().splitlines()[-1])
+
+        def run_import() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "mlstack", "import", url, "--compose"],
+                cwd=repo, capture_output=True, text=True, timeout=900, check=False,
+                env={**stack.env, "COMPOSE_FILE": ":".join(stack.files),
+                     "COMPOSE_PROJECT_NAME": stack.project},
+            )  # fmt: skip
+
+        first = run_import()
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "import: runs: 2 imported, 0 already there" in first.stdout, first.stdout
+        assert "import: verified" in first.stdout
+        counts = stack.psql("SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM metrics), "
+                            "(SELECT count(*) FROM model_versions), "
+                            "(SELECT count(*) FROM logged_models)")  # fmt: skip
+        second = run_import()
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "import: runs: 0 imported, 2 already there" in second.stdout, second.stdout
+    assert "import: logged models: 0 imported, 2 already there" in second.stdout
+    assert "import: versions: 0 imported, 2 already there" in second.stdout
+    assert stack.psql("SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM metrics), "
+                      "(SELECT count(*) FROM model_versions), "
+                      "(SELECT count(*) FROM logged_models)") == counts  # fmt: skip
+
+    # The source read without MLflow: its backend database and its artifact root.
+    import sqlite3
+
+    database = sqlite3.connect(folder / "mlflow.db")
+    for run in source["runs"]:
+        source_id = run["run_id"]
+        want_params = dict(database.execute("SELECT key, value FROM params WHERE run_uuid = ?",
+                                            (source_id,)))  # fmt: skip
+        want_points = sorted([k, float(v), str(t), str(s)] for k, v, t, s in database.execute(
+            "SELECT key, value, timestamp, step FROM metrics WHERE run_uuid = ?", (source_id,)))  # fmt: skip
+        rows = stack.psql("SELECT r.run_uuid, r.artifact_uri, r.status FROM runs r JOIN tags t "
+                          "ON t.run_uuid = r.run_uuid WHERE t.key = 'mlstack.import.source_run' "
+                          f"AND t.value = '{source_id}'")  # fmt: skip
+        assert len(rows) == 1, run
+        run_id, uri, status = rows[0]
+        assert status == "FINISHED"
+        assert (
+            dict(stack.psql(f"SELECT key, value FROM params WHERE run_uuid = '{run_id}'"))
+            == want_params
+        )
+        have_points = sorted([k, float(v), t, s] for k, v, t, s in stack.psql(
+            f"SELECT key, value, timestamp, step FROM metrics WHERE run_uuid = '{run_id}'"))  # fmt: skip
+        assert have_points == want_points and len(want_points) == 6
+        prefix = "artifacts/" + uri.removeprefix("mlflow-artifacts:").strip("/") + "/"
+        artifacts = folder / "mlruns" / str(source["experiment_id"]) / source_id / "artifacts"
+        want = {p.relative_to(artifacts).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in artifacts.rglob("*") if p.is_file()}  # fmt: skip
+        assert any(key.endswith(".png") for key in want)
+        have = {k.removeprefix(prefix): v for k, v in stack.bucket_objects(prefix).items()}
+        assert have == want, run
+    database.close()
+    assert stack.psql("SELECT alias, version FROM registered_model_aliases "
+                      f"WHERE name = '{SERVER_MODEL}'") == [["champion", "2"]]  # fmt: skip
+    assert stack.psql("SELECT value FROM model_version_tags WHERE "
+                      f"name = '{SERVER_MODEL}' AND version = 1 AND key = 'validated'") == [["yes"]]  # fmt: skip
+
+
+# --- `scripts/upgrade.sh --compose` of a database an older MLflow wrote (runs last: it replaces the
+# stack's database) ---
+
+OLD_RELEASE = (
+    "2.22.5"  # the last 2.x; native tests cover 3.0.0 too (tests/reliability/test_upgrade.py)
+)
+UPGRADED_MODEL = "upgraded_model"
+
+
+def published(stack: Stack, service: str, port: str) -> str:
+    address = stack.compose("port", service, port).stdout.strip().splitlines()[0]
+    return address.rpartition(":")[2]
+
+
+def test_upgrade_of_an_older_mlflow_database_rehearses_then_migrates(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """MLflow 2.22.5 on the host writes history into the stack's own PostgreSQL and bucket (the
+    old platform's data); `scripts/upgrade.sh --compose` backs up, rehearses on a scratch compose
+    project, then migrates the stack; runs, metric histories, versions, tags, the alias, the stage
+    and the old champion's predictions are there through the pinned client, psql and serving."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+    from alembic.script import ScriptDirectory
+    from mlflow import MlflowClient
+    from mlflow.store.db.utils import _get_alembic_config
+
+    repo = Path(__file__).resolve().parents[2]
+    venv = subprocess.run([str(repo / "scripts" / "old-mlflow-venv.sh"), OLD_RELEASE],
+                          capture_output=True, text=True, timeout=1200, check=False, cwd=repo,
+                          env={**stack.env, "PYTHON": sys.executable})  # fmt: skip
+    assert venv.returncode == 0, venv.stderr[-3000:]
+    old_python = venv.stdout.strip().splitlines()[-1]
+
+    # The old platform's database: empty, as the old MLflow server creates it.
+    stack.compose("stop", "serving")
+    for statement in ("DROP DATABASE mlflow WITH (FORCE)", "CREATE DATABASE mlflow"):
+        stack.compose("exec", "-T", "postgres", "psql", "-U", "mlflow", "-d", "postgres",
+                      "-v", "ON_ERROR_STOP=1", "-c", statement)  # fmt: skip
+    docker_env = stack.read_docker_env()
+    pg = f"postgresql://mlflow:{docker_env['POSTGRES_PASSWORD']}@127.0.0.1:{published(stack, 'postgres', '5432')}/mlflow"
+    port = free_loopback_port()
+    env = {**stack.env, "AWS_ACCESS_KEY_ID": docker_env["AWS_ACCESS_KEY_ID"],
+           "AWS_SECRET_ACCESS_KEY": docker_env["AWS_SECRET_ACCESS_KEY"],
+           "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{published(stack, 'minio', '9000')}"}  # fmt: skip
+    log = tmp_path / "old-server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [old_python, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", pg, "--serve-artifacts", "--artifacts-destination",
+             "s3://mlflow/artifacts", "--workers", "1"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True,
+        )  # fmt: skip
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 240
+        while True:
+            assert server.poll() is None, log.read_text()[-3000:]
+            try:
+                if requests.get(f"{url}/health", timeout=3).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        made = subprocess.run(
+            [old_python, str(repo / "tests" / "old_mlflow_history.py"), "--model", UPGRADED_MODEL],
+            capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
+            env={**env, "MLFLOW_TRACKING_URI": url},
+        )  # fmt: skip
+        assert made.returncode == 0, made.stdout + made.stderr[-4000:]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    history = json.loads(made.stdout.strip().splitlines()[-1])
+    assert history["mlflow"] == OLD_RELEASE
+    old_revision = stack.psql("SELECT version_num FROM alembic_version")
+
+    upgrade = stack.script("upgrade.sh", "--compose", "--backups", str(tmp_path / "backups"),
+                           timeout=2400)  # fmt: skip
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    out = upgrade.stdout
+    steps = [out.index(f"upgrade: {n}/4") for n in range(1, 5)]
+    assert steps == sorted(steps), out
+    assert "restore: OK" in out[steps[1] : steps[2]], out  # the scratch copy matches the backup
+    assert "upgrade: check OK" in out[steps[2] : steps[3]] and "check OK" in out[steps[3] :], out
+    assert list((tmp_path / "backups").glob("pre-upgrade-*.tar.gz"))
+    scratch = f"{stack.project}-upgrade-rehearsal"
+    leftovers = subprocess.run(["docker", "ps", "-aq", "--filter",
+                                f"label=com.docker.compose.project={scratch}"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+    assert leftovers.stdout.strip() == "", "the scratch project is removed"
+
+    head = ScriptDirectory.from_config(_get_alembic_config(pg)).get_current_head()
+    assert stack.psql("SELECT version_num FROM alembic_version") == [[head]] != old_revision
+
+    client = MlflowClient(tracking_uri=stack.mlflow_url)
+    for index, run_id in enumerate(history["runs"]):
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.info.run_name == f"old-{index}"
+        assert run.data.params == {"C": str(1.0 + index), "solver": "lbfgs"}
+        assert run.data.tags["made_by"] == f"mlflow {OLD_RELEASE}"
+        points = sorted([m.key, m.value, m.timestamp, m.step] for key in ("loss", "accuracy")
+                        for m in client.get_metric_history(run_id, key))  # fmt: skip
+        assert points == history["metrics"][run_id] and len(points) == 11
+    versions = {v.version: v for v in client.search_model_versions(f"name = '{UPGRADED_MODEL}'")}
+    assert [versions[k].run_id for k in sorted(versions, key=int)] == history["runs"]
+    assert client.get_registered_model(UPGRADED_MODEL).aliases == {"champion": "2"}
+    assert client.get_model_version(UPGRADED_MODEL, "1").tags.get("validated") == "yes"
+    # 2.x stages: deprecated in 3.x, still reported as set.
+    assert client.get_model_version(UPGRADED_MODEL, "1").current_stage == "Production"
+    assert stack.psql("SELECT current_stage FROM model_versions WHERE "
+                      f"name = '{UPGRADED_MODEL}' AND version = 1") == [["Production"]]  # fmt: skip
+
+    path, payload = f"/models/{UPGRADED_MODEL}/invocations", {"inputs": history["probe"]}
+    answer = stack.wait_for_version("2", path, payload)
+    assert [int(p) for p in answer.json()["predictions"]] == history["predictions"]
+
+
+def free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

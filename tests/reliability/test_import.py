@@ -1,11 +1,13 @@
 """`mlstack import` into the native platform, from data a stock MLflow script made.
 
-Two sources, made by tests/stock_mlflow.py (no mlstack): a file store (`./mlruns`, as MLflow
-3.17 writes it with `MLFLOW_ALLOW_FILE_STORE=true`) and a SQLite `mlflow.db` with its `./mlruns`
-artifact folder. Each: one experiment with three runs (params, a 5-step metric history, a plot,
+Three sources, made by tests/stock_mlflow.py (no mlstack): a file store (`./mlruns`, as MLflow
+3.17 writes it with `MLFLOW_ALLOW_FILE_STORE=true`), a SQLite `mlflow.db` with its `./mlruns`
+artifact folder, and another tracking server (a stock `mlflow server` on a free loopback port,
+tests/stock_server.py: SQLite backend, its own artifact root; imported by its URL). Each: one experiment with three runs (params, a 5-step metric history, a plot,
 `mlflow.sklearn.log_model`) and a registered model with two versions (@champion on v2, tags).
 
-Both sides are read with independent clients: the source's files and `sqlite3`, the platform's
+Both sides are read with independent clients: the source's files and `sqlite3` (for the server:
+its backend database and artifact folder), the platform's
 PostgreSQL with psycopg2 and its bucket with boto3. Every run's params, tags, status, times, full
 metric history and artifact bytes arrive; logged models with their files; versions with tags and
 the alias; serving answers with the imported champion; a second import adds nothing.
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
+from stock_server import stock_server
 from trainer_helpers import wait_until_served
 
 if TYPE_CHECKING:
@@ -31,12 +34,14 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.reliability
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = {"mlruns": "from-mlruns", "sqlite": "from-sqlite"}  # source kind -> experiment name
-MODELS = {"mlruns": "mlruns_model", "sqlite": "sqlite_model"}
+# source kind -> experiment name
+SOURCES = {"mlruns": "from-mlruns", "sqlite": "from-sqlite", "server": "from-server"}
+MODELS = {"mlruns": "mlruns_model", "sqlite": "sqlite_model", "server": "server_model"}
 
 
-def make_sources(base: Path) -> dict[str, dict[str, Any]]:
-    """Both stock sources, made at the same time (two processes)."""
+def make_sources(base: Path, server_url: str) -> dict[str, dict[str, Any]]:
+    """The three stock sources, made at the same time (three processes); the server's files are
+    in base/server (its backend `mlflow.db`, its artifact root `mlruns`)."""
     env_common = {
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
@@ -45,11 +50,12 @@ def make_sources(base: Path) -> dict[str, dict[str, Any]]:
     plans = {
         "mlruns": {"MLFLOW_TRACKING_URI": "file:./mlruns", "MLFLOW_ALLOW_FILE_STORE": "true"},
         "sqlite": {"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"},
+        "server": {"MLFLOW_TRACKING_URI": server_url},
     }
     running = {}
     for kind, env in plans.items():
         folder = base / kind
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
         command = [sys.executable, str(ROOT / "tests" / "stock_mlflow.py"),
                    "--experiment", SOURCES[kind], "--runs", "3", "--model", MODELS[kind]]  # fmt: skip
         running[kind] = (folder, subprocess.Popen(command, cwd=folder, env={**env_common, **env},
@@ -90,7 +96,7 @@ def source_runs(kind: str, source: dict[str, Any]) -> dict[str, dict[str, Any]]:
             status = {"3": "FINISHED"}.get(meta["status"].strip(), meta["status"].strip())
             info = {"name": meta["run_name"].strip(), "status": status,
                     "start": int(meta["start_time"]), "end": int(meta["end_time"])}  # fmt: skip
-        else:
+        else:  # sqlite, or the server's SQLite backend
             db = sqlite3.connect(folder / "mlflow.db")
             name, status, start, end = db.execute(
                 "SELECT name, status, start_time, end_time FROM runs WHERE run_uuid = ?", (run_id,)
@@ -176,18 +182,24 @@ def counts(platform: LocalPlatform) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def imported(make_local_platform: PlatformFactory, tmp_path_factory: Any) -> dict[str, Any]:
-    sources = make_sources(tmp_path_factory.mktemp("sources"))
+    base = tmp_path_factory.mktemp("sources")
     platform = make_local_platform(workers=1)
     platform.up()
-    results = {
-        "mlruns": run_import(platform, str(sources["mlruns"]["folder"] / "mlruns")),
-        "sqlite": run_import(platform, str(sources["sqlite"]["folder"] / "mlflow.db")),
-    }
-    after_first = counts(platform)
-    again = {
-        "mlruns": run_import(platform, str(sources["mlruns"]["folder"] / "mlruns")),
-        "sqlite": run_import(platform, f"sqlite:///{sources['sqlite']['folder'] / 'mlflow.db'}"),
-    }
+    with stock_server(base / "server") as server_url:
+        sources = make_sources(base, server_url)
+        results = {
+            "mlruns": run_import(platform, str(sources["mlruns"]["folder"] / "mlruns")),
+            "sqlite": run_import(platform, str(sources["sqlite"]["folder"] / "mlflow.db")),
+            "server": run_import(platform, server_url),
+        }
+        after_first = counts(platform)
+        again = {
+            "mlruns": run_import(platform, str(sources["mlruns"]["folder"] / "mlruns")),
+            "sqlite": run_import(
+                platform, f"sqlite:///{sources['sqlite']['folder'] / 'mlflow.db'}"
+            ),
+            "server": run_import(platform, server_url),
+        }
     return {"platform": platform, "sources": sources, "results": results, "again": again,
             "after_first": after_first, "after_again": counts(platform)}  # fmt: skip
 
