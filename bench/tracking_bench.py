@@ -111,7 +111,7 @@ def ours_platform(env: dict[str, str]) -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def stock_server(pg_uri: str, env: dict[str, str]) -> Iterator[str]:
+def stock_server(pg_uri: str, env: dict[str, str], workers: int | None) -> Iterator[str]:
     """`mlflow server` with default settings on database `stock` of the same PostgreSQL server."""
     import psycopg2
 
@@ -132,6 +132,8 @@ def stock_server(pg_uri: str, env: dict[str, str]) -> Iterator[str]:
     print(f"stock: log in {workdir / 'server.log'}", flush=True)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
                "--host", HOST, "--port", str(port)]  # fmt: skip
+    if workers:  # not stock: only when MLflow's default (4) cannot start here (see --help)
+        command += ["--workers", str(workers)]
     print(f"stock: {' '.join(command[1:])} (cwd {workdir}) ...", flush=True)
     process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=log,
                                start_new_session=True)  # fmt: skip
@@ -412,8 +414,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]},
         "seeding": "PostgreSQL COPY of identical rows into both databases, then ANALYZE",
         "sizes": sizes,
+        "stock_workers": args.stock_workers or "MLflow default (4)",
     }  # fmt: skip
-    with ours_platform(env) as ours_env, stock_server(ours_env["MLSTACK_PG_URI"], env) as stock:
+    with (
+        ours_platform(env) as ours_env,
+        stock_server(ours_env["MLSTACK_PG_URI"], env, args.stock_workers) as stock,
+    ):
         uris = {"ours": ours_env["MLFLOW_TRACKING_URI"], "stock": stock}
         pg_base = ours_env["MLSTACK_PG_URI"].rsplit("/", 1)[0]
         dbs = {"ours": ours_env["MLSTACK_PG_URI"], "stock": pg_base + "/stock"}
@@ -454,8 +460,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  {name}@{size}: " + ", ".join(
                     f"{side} {statistics.median(v) * 1000:.0f} ms" for side, v in samples.items()),
                     flush=True)  # fmt: skip
-        result["seeding_s"] = seeding
-        result["queries"] = queries
+            result["seeding_s"] = seeding
+            result["queries"] = queries
+            partial = args.json_out.with_suffix(".partial.json")
+            partial.write_text(json.dumps(result, indent=1) + "\n")
         if args.backup:
             print("backup and restore of ours ...", flush=True)
             state_dir = ours_env["MLSTACK_STATE_DIR"]
@@ -553,6 +561,10 @@ def main() -> None:
     parser.add_argument("--history-chunks", type=int, default=None, help="1,000-point chunks")
     parser.add_argument("--no-backup", dest="backup", action="store_false",
                         help="skip timing `mlstack backup create/restore` of ours")  # fmt: skip
+    parser.add_argument("--stock-workers", type=int, default=None,
+                        help="give stock `--workers N` (default: none, MLflow's own 4); on an "
+                        "overloaded machine uvicorn kills 4 importing workers that miss its 5 s "
+                        "health ping, over and over, and stock never answers")  # fmt: skip
     parser.add_argument("--artifacts", action="store_true", help="also bench/artifact_bench.py")
     parser.add_argument("--json-out", type=Path, default=ROOT / "bench" / "tracking_bench.json")
     parser.add_argument("--chart", type=Path, default=ROOT / "bench" / "tracking_bench.png")
