@@ -584,6 +584,7 @@ def main() -> None:
         result = run(args)
         result["cells"] = cells(result)
         args.json_out.write_text(json.dumps(result, indent=1) + "\n")
+        args.json_out.with_suffix(".partial.json").unlink(missing_ok=True)
         print(f"wrote {args.json_out}")
     print(report(result))
     for key, target in TARGETS.items():
