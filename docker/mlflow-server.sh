@@ -164,6 +164,7 @@ if [ "$upgrade_only" = true ]; then
   wait_for_database
   echo "mlflow-server: upgrading the schema of ${db_host}:${db_port}/${POSTGRES_DB} (--upgrade-only)" >&2
   mlflow db upgrade "$backend"
+  python -m mlstack.platform.schema "$backend"
   if [ "${MLSTACK_AUTH:-none}" = basic ]; then
     python -c 'import sys; from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore; SqlAlchemyStore().init_db(sys.argv[1])' "$backend"
   fi
@@ -203,6 +204,8 @@ wait_for_database
 # itself refuses to start on an out-of-date schema. (The auth tables migrate inside the server.)
 if [ "${MLSTACK_DB_UPGRADE:-true}" = true ]; then
   mlflow db upgrade "$backend"
+  # mlstack's extra indexes (mlstack/platform/schema.py): idempotent, re-applied after every upgrade.
+  python -m mlstack.platform.schema "$backend"
 else
   echo "mlflow-server: no schema upgrade at start (MLSTACK_DB_UPGRADE=false: a migration job owns it)" >&2
 fi

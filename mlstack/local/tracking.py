@@ -96,10 +96,24 @@ class TrackingService(Service):
         if result.returncode != 0:
             raise self.failure(f"`mlflow db upgrade` exited {result.returncode}")
 
+    def ensure_extra_indexes(self) -> None:
+        """The indexes mlstack adds to MLflow's schema (mlstack/platform/schema.py), after every
+        upgrade: idempotent, a no-op when they are there."""
+        from mlstack.platform.schema import ensure_indexes
+
+        try:
+            built = ensure_indexes(self.config.pg_uri())
+        except Exception as error:  # psycopg2.Error: name it, as a failed `db upgrade` would be
+            raise self.failure(f"could not create mlstack's extra indexes: {error}") from None
+        if built:
+            fd = open_log(self.log_path, f"mlstack schema: built {', '.join(built)}")
+            os.close(fd)
+
     def launch(self) -> ProcessRecord:
         if self.config.artifacts == "file":
             Path(self.artifacts_destination).mkdir(parents=True, exist_ok=True)
         self.upgrade_database()
+        self.ensure_extra_indexes()
         return spawn_detached(self.server_command(), self.log_path, env=self.server_env())
 
     def healthy(self) -> bool:

@@ -120,6 +120,58 @@ def test_postgres_has_mlflow_schema(pg_conn: Any) -> None:
     assert {"experiments", "runs", "alembic_version", "registered_models"} <= tables
 
 
+def psycopg2_autocommit(pg_uri: str) -> Any:
+    import psycopg2
+
+    conn = psycopg2.connect(pg_uri)
+    conn.autocommit = True
+    return conn
+
+
+def valid_extra_indexes(pg_uri: str) -> set[str]:
+    """mlstack's extra indexes (mlstack/platform/schema.py) present and valid, per pg_index."""
+    import psycopg2
+
+    from mlstack.platform.schema import INDEX_NAMES
+
+    conn = psycopg2.connect(pg_uri)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE i.indisvalid AND c.relname = ANY(%s)",
+                (list(INDEX_NAMES),),
+            )
+            return {row[0] for row in cursor.fetchall()}
+    finally:
+        conn.close()
+
+
+def test_extra_indexes_serve_the_runs_table_query(local_platform: LocalPlatform) -> None:
+    """The index mlstack adds after `mlflow db upgrade` is there, and PostgreSQL picks it for the
+    UI's runs-table query (MLflow 3.17's SQL, with sequential scans off so the choice does not
+    depend on how few rows the session platform holds)."""
+    import psycopg2
+
+    from mlstack.platform.schema import INDEX_NAMES
+
+    assert valid_extra_indexes(local_platform.pg_uri) == set(INDEX_NAMES)
+    conn = psycopg2.connect(local_platform.pg_uri)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute(
+                "EXPLAIN SELECT DISTINCT runs.run_uuid, runs.name, runs.start_time,"
+                " CASE WHEN (runs.start_time IS NULL) THEN 1 ELSE 0 END AS clause_1"
+                " FROM runs WHERE runs.experiment_id IN (0) AND runs.lifecycle_stage IN ('active')"
+                " ORDER BY clause_1, runs.start_time DESC, runs.run_uuid LIMIT 101"
+            )
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+    finally:
+        conn.close()
+    assert "mlstack_runs_experiment_start_time" in plan, plan
+
+
 def test_bucket_exists_and_needs_credentials(local_platform: LocalPlatform, s3_client: Any) -> None:
     from mlstack.local.s3 import s3_client as make_client
 
@@ -203,6 +255,11 @@ def test_down_then_up_keeps_runs_and_artifacts(
     run_id = logged_run
     pids = recorded_pids(local_platform)
     ports = platform_ports(local_platform)
+    # As if an upgrade had rebuilt the table without it: `up` puts mlstack's index back.
+    drop = psycopg2_autocommit(local_platform.pg_uri)
+    with drop.cursor() as cursor:
+        cursor.execute("DROP INDEX mlstack_runs_experiment_start_time")
+    drop.close()
 
     down = local_platform.down()
     assert down.returncode == 0, down.stdout + down.stderr
@@ -215,6 +272,7 @@ def test_down_then_up_keeps_runs_and_artifacts(
     local_platform.up()
     assert platform_ports(local_platform) == ports  # the same ports, reused from the state dir
     assert run_row(local_platform.pg_uri, run_id) is not None
+    assert "mlstack_runs_experiment_start_time" in valid_extra_indexes(local_platform.pg_uri)
     assert artifact_keys(s3_client, local_platform.bucket, run_id)
     assert download_artifact(local_platform.tracking_uri, run_id) == ARTIFACT_TEXT
 

@@ -164,6 +164,13 @@ def test_schema_is_migrated_to_the_pinned_head(upgraded: dict[str, Any]) -> None
     revision = sql(platform.pg_uri, "SELECT version_num FROM alembic_version")[0][0]
     assert revision == head
     assert upgraded["old_revision"] != head, "the old release wrote an older schema"
+    # mlstack's own indexes (mlstack/platform/schema.py), applied after `mlflow db upgrade`.
+    from mlstack.platform.schema import INDEX_NAMES
+
+    valid = sql(platform.pg_uri, "SELECT c.relname FROM pg_index i JOIN pg_class c"
+                " ON c.oid = i.indexrelid WHERE i.indisvalid AND c.relname = ANY(%s)",
+                list(INDEX_NAMES))  # fmt: skip
+    assert {row[0] for row in valid} == set(INDEX_NAMES)
 
 
 def test_runs_params_tags_and_metric_histories_survive(upgraded: dict[str, Any]) -> None:
