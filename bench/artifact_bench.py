@@ -495,17 +495,24 @@ def write_chart(results: list[dict[str, Any]], path: Path) -> None:
     )
     speed_ax.margins(y=0.2)
     speed_ax.legend(fontsize=8, ncol=4, loc="upper left", bbox_to_anchor=(0, -0.02))
-    for i, (op, name, color) in enumerate(bars[::2]):
-        values = [c[op]["memory"]["server_rss_peak_mib"] for _, c in cells]
-        drawn = rss_ax.bar(x + (i - 0.5) * 0.35, values, 0.35, label=name, color=color)
+    memory_bars = (
+        ("proxy_upload", "server_rss", "upload: all server processes", "#1f77b4"),
+        ("proxy_upload", "largest_process_rss", "upload: largest process", "#aec7e8"),
+        ("proxy_download", "server_rss", "download: all server processes", "#d62728"),
+        ("proxy_download", "largest_process_rss", "download: largest process", "#ff9896"),
+    )
+    for i, (op, probe, name, color) in enumerate(memory_bars):
+        values = [c[op]["memory"][f"{probe}_peak_mib"] for _, c in cells]
+        drawn = rss_ax.bar(x + (i - 1.5) * width, values, width, label=name, color=color)
         rss_ax.bar_label(drawn, labels=[f"{v:.0f}" for v in values], fontsize=7, padding=1)
-    rss_ax.axhline(500, color="black", linestyle="--", linewidth=0.8, label="500 MB target")
+    rss_ax.axhline(500 * 1e6 / MIB, color="black", linestyle="--", linewidth=0.8, label="500 MB")
     rss_ax.set_title(
-        "tracking server's resident memory, peak during the transfer, MiB (all its processes)",
+        "tracking server's resident memory, peak during the proxied transfer, MiB",
         loc="left",
         fontsize=10,
     )
-    rss_ax.legend(fontsize=8)
+    rss_ax.legend(fontsize=7.5, ncol=3, loc="upper left")
+    rss_ax.margins(y=0.4)
     rss_ax.set_xticks(x, labels, fontsize=8.5)
     context = results[0]["context"]
     loads = ", ".join(
