@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import posixpath
 from collections.abc import AsyncIterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from mimetypes import guess_type
 from typing import Any, BinaryIO
 
@@ -46,6 +47,10 @@ PRESIGNED_MIXINS = (MultipartDownloadMixin, MultipartUploadMixin, PresignedUploa
 # Streamed uploads go to S3 in parts of this size (S3's minimum is 5 MiB, its limit 10,000 parts:
 # up to 160 GiB per artifact), so one upload holds at most one part in memory.
 PART_SIZE = 16 * 1024 * 1024
+# Parts sent to S3 at once per upload, while the next part is read from the client: sending one
+# part at a time stopped reading the request body for every part's round trip to S3. Bounds an
+# upload's memory at about (PARTS_IN_FLIGHT + 1) * PART_SIZE.
+PARTS_IN_FLIGHT = 2
 
 
 class ProxiedS3ArtifactRepository(ArtifactRepository, StreamUploadMixin):
@@ -115,7 +120,8 @@ class ProxiedS3ArtifactRepository(ArtifactRepository, StreamUploadMixin):
 
 class _StreamedUpload:
     """One object written from chunks: a single PUT when it fits in one part, else an S3
-    multipart upload of PART_SIZE parts, aborted on failure (no half object, no stray parts)."""
+    multipart upload of PART_SIZE parts (up to PARTS_IN_FLIGHT sent at once, on threads of their
+    own, while more is read), aborted on failure (no half object, no stray parts)."""
 
     def __init__(
         self, repository: ProxiedS3ArtifactRepository, file_name: str, artifact_path: str | None
@@ -135,7 +141,8 @@ class _StreamedUpload:
         }
         self.buffer = bytearray()
         self.upload_id: str | None = None
-        self.parts: list[dict[str, Any]] = []
+        self.parts: list[Future[dict[str, Any]]] = []
+        self.sender: ThreadPoolExecutor | None = None
 
     def add_would_send(self, chunk: bytes) -> bool:
         return len(self.buffer) + len(chunk) >= PART_SIZE
@@ -143,8 +150,10 @@ class _StreamedUpload:
     def add(self, chunk: bytes) -> None:
         self.buffer += chunk
         while len(self.buffer) >= PART_SIZE:
-            self._send_part(bytes(self.buffer[:PART_SIZE]))
+            with memoryview(self.buffer) as view, view[:PART_SIZE] as head:
+                part = bytes(head)  # one copy; the views are released before the del
             del self.buffer[:PART_SIZE]
+            self._send_part(part)
 
     def finish(self) -> None:
         if self.upload_id is None:
@@ -154,16 +163,21 @@ class _StreamedUpload:
             return
         if self.buffer:
             self._send_part(bytes(self.buffer))
+        parts = [future.result() for future in self.parts]  # raises a failed part's error
+        self._stop_sender()
         self.client.complete_multipart_upload(
             Bucket=self.bucket,
             Key=self.key,
             UploadId=self.upload_id,
-            MultipartUpload={"Parts": self.parts},
+            MultipartUpload={"Parts": parts},
             **self.owner,
         )
 
     def abort(self) -> None:
         """Best effort, on the way out of a failure that is raised anyway."""
+        for future in self.parts:
+            future.cancel()
+        self._stop_sender()
         if self.upload_id is not None:
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(
@@ -176,7 +190,19 @@ class _StreamedUpload:
                 Bucket=self.bucket, Key=self.key, **self.extra
             )
             self.upload_id = created["UploadId"]
+            self.sender = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="mlstack-s3-part")
+        assert self.sender is not None
+        pending = [future for future in self.parts if not future.done()]
+        while len(pending) >= PARTS_IN_FLIGHT:  # backpressure: the client waits, memory stays
+            _, still = wait(pending, return_when=FIRST_COMPLETED)
+            pending = list(still)
+        for future in self.parts:
+            if future.done():
+                future.result()  # a failed part ends the upload now, not at the last part
         number = len(self.parts) + 1
+        self.parts.append(self.sender.submit(self._upload_part, number, body))
+
+    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
         answer = self.client.upload_part(
             Bucket=self.bucket,
             Key=self.key,
@@ -185,7 +211,12 @@ class _StreamedUpload:
             Body=body,
             **self.owner,
         )
-        self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def _stop_sender(self) -> None:
+        if self.sender is not None:
+            self.sender.shutdown(wait=True)
+            self.sender = None
 
 
 def advertises_presigned(repository: object) -> bool:

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     registry_timeout_seconds: float = Field(
         default=10.0, gt=0, description="HTTP timeout of serving's registry polls and downloads."
     )
+    model_download_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="HTTP read timeout of serving's model downloads: the tracking server copies "
+        "a file whole from S3 before its first byte (about 15 s for 2 GiB on 2 busy cores).",
+    )
     registry_max_retries: int = Field(
         default=1, ge=0, description="Retries per registry call (MLflow's default retries 7x)."
     )

@@ -67,6 +67,7 @@ class ServeConfig:
     poll_interval: float
     max_body_bytes: int
     request_timeout: float
+    download_timeout: float | None = None  # model downloads; None: MLflow's HTTP timeout
     multiproc_dir: Path | None = None
     tokens_file: Path | None = None
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -80,6 +81,7 @@ class ServeConfig:
             poll_interval=settings.poll_interval_seconds,
             max_body_bytes=settings.max_body_bytes,
             request_timeout=settings.request_timeout_seconds,
+            download_timeout=settings.model_download_timeout_seconds,
             multiproc_dir=settings.prometheus_multiproc_dir,
             tokens_file=settings.serve_tokens_file,
             rollout=RolloutConfig(
@@ -126,6 +128,7 @@ class ServingApp:
             challenger_alias=config.rollout.challenger_alias,
             guard_factory=self._new_guard,
             on_challenger_change=self._on_challenger_change,
+            download_timeout=config.download_timeout,
         )
         self.rollout = config.rollout
         # Requests being answered; the shadow worker runs only while there are none.

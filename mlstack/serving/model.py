@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,15 +150,51 @@ def _self_check(model: ServedModel, fast: FastPredictor) -> str | None:
     return None
 
 
-def load_served_model(uri: str, name: str | None, version: str | None) -> ServedModel:
-    """Download and load `uri`; decide whether the fast path applies. Raises on failure."""
+_HTTP_TIMEOUT_VARIABLE = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+_http_timeout_lock = threading.Lock()
+
+
+@contextmanager
+def http_timeout(seconds: float | None) -> Iterator[None]:
+    """MLflow's HTTP read timeout (MLFLOW_HTTP_REQUEST_TIMEOUT, read by MLflow at every request)
+    raised to `seconds` while the block runs, then restored; `None`: unchanged.
+
+    Serving sets that variable low (registry_timeout_seconds) so that registry polls fail fast.
+    A model download needs far more: MLflow's artifact proxy (3.17) copies each file whole from
+    S3 to a temporary file before it sends the first byte, about 15 s for 2 GiB on 2 busy cores,
+    so a 10 s read timeout fails every large model, retry after retry. The variable is
+    process-wide: a registry poll made during a download waits as long (loads run one at a time,
+    on the loader thread, while the loaded models keep answering)."""
+    if seconds is None:
+        yield
+        return
+    with _http_timeout_lock:
+        before = os.environ.get(_HTTP_TIMEOUT_VARIABLE)
+        os.environ[_HTTP_TIMEOUT_VARIABLE] = str(math.ceil(seconds))
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(_HTTP_TIMEOUT_VARIABLE, None)
+            else:
+                os.environ[_HTTP_TIMEOUT_VARIABLE] = before
+
+
+def load_served_model(
+    uri: str, name: str | None, version: str | None, download_timeout: float | None = None
+) -> ServedModel:
+    """Download and load `uri` (HTTP read timeout `download_timeout` for the download); decide
+    whether the fast path applies. Raises on failure."""
     import mlflow
     import mlflow.pyfunc
 
     started = time.perf_counter()
     local_dir = Path(tempfile.mkdtemp(prefix="mlstack-serve-"))
     try:
-        local_path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(local_dir))
+        with http_timeout(download_timeout):
+            local_path = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(local_dir)
+            )
         pyfunc_model = mlflow.pyfunc.load_model(local_path)
         model = ServedModel(
             uri=uri,

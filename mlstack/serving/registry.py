@@ -117,6 +117,7 @@ class RegistryFollower:
         challenger_alias: str | None = None,
         guard_factory: Callable[[ModelSlot], Any] | None = None,
         on_challenger_change: Callable[[ModelSlot, ModelSlot, str | None], None] | None = None,
+        download_timeout: float | None = None,
     ) -> None:
         self.default = ModelSlot("default", ModelRef.parse(default_uri))
         ref = self.default.ref
@@ -132,6 +133,7 @@ class RegistryFollower:
         )
         self._guard_factory = guard_factory
         self._on_challenger_change = on_challenger_change
+        self.download_timeout = download_timeout
         self.challengers: dict[str, str] = {}  # name -> version holding the challenger alias
         self.poll_interval = poll_interval
         self.tracking_uri = tracking_uri
@@ -403,7 +405,7 @@ class RegistryFollower:
             previous.uri if previous is not None else "nothing",
         )
         try:
-            model = load_served_model(uri, slot.ref.name, version)
+            model = load_served_model(uri, slot.ref.name, version, self.download_timeout)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             slot.failed[version or slot.ref.uri] = time.monotonic()

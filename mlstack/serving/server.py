@@ -23,6 +23,7 @@ def _export_for_workers(settings: Settings) -> None:
             "MLSTACK_MAX_BODY_BYTES": str(settings.max_body_bytes),
             "MLSTACK_REQUEST_TIMEOUT_SECONDS": str(settings.request_timeout_seconds),
             "MLSTACK_REGISTRY_TIMEOUT_SECONDS": str(settings.registry_timeout_seconds),
+            "MLSTACK_MODEL_DOWNLOAD_TIMEOUT_SECONDS": str(settings.model_download_timeout_seconds),
             "MLSTACK_REGISTRY_MAX_RETRIES": str(settings.registry_max_retries),
             "MLSTACK_SERVE_CHALLENGER_ALIAS": settings.serve_challenger_alias,
             "MLSTACK_CANARY_WEIGHT": str(settings.canary_weight),

@@ -16,10 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
 import pytest
 import requests
 from host_client import run_host_client
@@ -35,10 +40,13 @@ ONE_SHOT = ("config-check", "create-bucket")
 WRITABLE_ROOT = ("postgres", "minio")  # see docker-compose.yml: socket folder, config at start
 SERVING_PICKUP_SECONDS = 90
 MIB = 1024 * 1024
-# Above MLflow's 500 MB threshold for presigned multipart uploads (MLFLOW_MULTIPART_UPLOAD_...).
-LARGE_ARTIFACT_MIB = 600
+# 2 GiB (issue 13's large artifact), above MLflow's 500 MB threshold for presigned multipart
+# uploads (MLFLOW_MULTIPART_UPLOAD_...).
+LARGE_ARTIFACT_MIB = 2048
 HOST_CLIENT_TIMEOUT = 180
-LARGE_TRANSFER_TIMEOUT = 600  # 600 MB through the proxy takes well under a minute here
+LARGE_TRANSFER_TIMEOUT = 1200  # 2 GiB through the proxy: about 1 min each way on busy cores
+# Whole-file buffering in a server process would show as +2 GiB of resident memory.
+MAX_SERVER_RSS_RISE_MIB = 500
 
 
 # --- up ----------------------------------------------------------------------------------------
@@ -291,21 +299,69 @@ def test_host_client_downloads_a_plot_as_stored(stack: Stack, tmp_path: Path) ->
     assert file_sha256(Path(local)) == stored
 
 
-def test_host_client_round_trips_a_600_mb_artifact(stack: Stack, tmp_path: Path) -> None:
+def mlflow_container_rss(stack: Stack) -> Iterator[int]:
+    """Resident bytes of every process of the mlflow container, read from the host's /proc."""
+    name = stack.compose("ps", "-q", "mlflow").stdout.strip()
+    pid = int(
+        subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Pid}}", name],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )
+    while True:
+        total = 0
+        with suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            for process in [root, *root.children(recursive=True)]:
+                with suppress(psutil.NoSuchProcess):
+                    total += process.memory_info().rss
+        yield total
+
+
+@contextmanager
+def rss_rise(stack: Stack) -> Iterator[dict[str, float]]:
+    """{'baseline', 'peak'} MiB of the mlflow container's processes, sampled every 0.2 s."""
+    probe = mlflow_container_rss(stack)
+    figures = {"baseline": next(probe) / MIB}
+    figures["peak"] = figures["baseline"]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            figures["peak"] = max(figures["peak"], next(probe) / MIB)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield figures
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_host_client_round_trips_a_2_gib_artifact(stack: Stack, tmp_path: Path) -> None:
+    import numpy as np
+
     source = tmp_path / "weights.bin"
     digest = hashlib.sha256()
-    with source.open("wb") as handle:  # 1 MiB at a time: never the whole file in memory
-        for index in range(LARGE_ARTIFACT_MIB):
-            block = hashlib.shake_256(index.to_bytes(4, "big")).digest(MIB)
+    rng = np.random.default_rng(LARGE_ARTIFACT_MIB)  # pseudo-random: nothing to compress
+    with source.open("wb") as handle:  # 16 MiB at a time: never the whole file in memory
+        for _ in range(LARGE_ARTIFACT_MIB // 16):
+            block = rng.bytes(16 * MIB)
             digest.update(block)
             handle.write(block)
     sha256 = digest.hexdigest()
 
     started = time.monotonic()
-    run_id = run_host_client(
-        stack.mlflow_url, "upload", "host-client", str(source), timeout=LARGE_TRANSFER_TIMEOUT
-    )
+    with rss_rise(stack) as upload_rss:
+        run_id = run_host_client(
+            stack.mlflow_url, "upload", "host-client", str(source), timeout=LARGE_TRANSFER_TIMEOUT
+        )
     stack.timings[f"host upload {LARGE_ARTIFACT_MIB} MiB"] = time.monotonic() - started
+    print(f"mlflow container RSS during the upload, MiB: {upload_rss}", flush=True)
     keys = [
         k for k in stack.bucket_keys("artifacts/") if k.endswith(f"/{run_id}/artifacts/weights.bin")
     ]
@@ -314,16 +370,21 @@ def test_host_client_round_trips_a_600_mb_artifact(stack: Stack, tmp_path: Path)
 
     source.unlink()  # room for the copy coming back
     started = time.monotonic()
-    local = run_host_client(
-        stack.mlflow_url,
-        "download",
-        run_id,
-        "weights.bin",
-        str(tmp_path),
-        timeout=LARGE_TRANSFER_TIMEOUT,
-    )
+    with rss_rise(stack) as download_rss:
+        local = run_host_client(
+            stack.mlflow_url,
+            "download",
+            run_id,
+            "weights.bin",
+            str(tmp_path),
+            timeout=LARGE_TRANSFER_TIMEOUT,
+        )
     stack.timings[f"host download {LARGE_ARTIFACT_MIB} MiB"] = time.monotonic() - started
+    print(f"mlflow container RSS during the download, MiB: {download_rss}", flush=True)
     assert file_sha256(Path(local)) == sha256
+    Path(local).unlink()
+    for figures in (upload_rss, download_rss):
+        assert figures["peak"] - figures["baseline"] < MAX_SERVER_RSS_RISE_MIB, figures
 
 
 # --- restart: the volumes keep everything ------------------------------------------------------
