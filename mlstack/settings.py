@@ -14,6 +14,12 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# uvicorn's supervisor kills a worker that does not answer its ping within 5 s (its default). A
+# worker still importing MLflow on busy cores misses that: at load average 16-24 every worker was
+# killed 5 s into its start, for minutes. The tracking server (native, Compose, chart) and
+# `mlstack serve --workers N` give workers this long instead; a hung worker still goes.
+UVICORN_WORKER_PING_SECONDS = 120
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLSTACK_", extra="ignore")

@@ -22,6 +22,7 @@ from mlstack.local.processes import (
 )
 from mlstack.local.s3 import REGION
 from mlstack.local.services import Service
+from mlstack.settings import UVICORN_WORKER_PING_SECONDS
 
 DB_UPGRADE_TIMEOUT_SECONDS = 300
 # server-info keys under which MLflow offers presigned (direct-to-S3) transfers.
@@ -75,6 +76,7 @@ class TrackingService(Service):
             "--serve-artifacts",
             "--artifacts-destination", self.artifacts_destination,
             "--workers", str(self.config.workers),
+            f"--uvicorn-opts=--timeout-worker-healthcheck={UVICORN_WORKER_PING_SECONDS}",
         ]  # fmt: skip
 
     def upgrade_database(self) -> None:

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 
-from mlstack.settings import Settings
+from mlstack.settings import UVICORN_WORKER_PING_SECONDS, Settings
 
 _logger = logging.getLogger("mlstack.serving")
 
@@ -65,6 +65,7 @@ def run_server(settings: Settings) -> int:
             "mlstack.serving.app:create_app",
             factory=True,
             workers=settings.serve_workers,
+            timeout_worker_healthcheck=UVICORN_WORKER_PING_SECONDS,
             **common,
         )
     finally:
