@@ -9,7 +9,7 @@ this adds
     mlstack_tracking_http_request_duration_seconds{method, route, status}   (a histogram)
 
 where `route` is the Flask URL rule that matched (`/api/2.0/mlflow/runs/get`,
-`/api/2.0/mlflow-artifacts/artifacts/<path:artifact_path>`): a template, never the raw path, so run
+`/api/2.0/mlflow/registered-models/alias`): a template, never the raw path, so run
 ids and artifact paths cannot grow the label set. Requests no rule matched (404, 405) share
 `route="unmatched"`; methods outside the HTTP verbs share `method="other"`. It is written to the
 same multiprocess directory as MLflow's own metrics, so the one `/metrics` answer (all workers)
