@@ -13,9 +13,11 @@ where `route` is the Flask URL rule that matched (`/api/2.0/mlflow/runs/get`,
 ids and artifact paths cannot grow the label set. Requests no rule matched (404, 405) share
 `route="unmatched"`; methods outside the HTTP verbs share `method="other"`. It is written to the
 same multiprocess directory as MLflow's own metrics, so the one `/metrics` answer (all workers)
-carries both. What it sees is what MLflow's exporter sees: the requests Flask handles. MLflow
-3.17's native FastAPI routes (the artifact proxy's `/api/2.0/mlflow-artifacts/...` streaming, the
-OTLP and gateway routes) never reach Flask and appear in neither.
+carries both. Flask's hooks count what Flask handles (all MLflow's exporter sees); MLflow 3.17's
+native FastAPI routes (the artifact proxy's downloads and uploads, `GET`/`PUT
+/api/2.0/mlflow-artifacts/artifacts/{artifact_path:path}`, the OTLP and gateway routes) never reach
+Flask, and an ASGI middleware (`NativeRouteMetrics`) counts those under their path template
+(basic auth's 401 on them included).
 
 MLflow loads the app through its `mlflow.app` entry point (pyproject.toml), the same mechanism as
 its own `basic-auth`; nothing of MLflow is patched or copied. Without `--expose-prometheus` the app
@@ -103,25 +105,82 @@ def install_route_metrics(app: Flask) -> None:
     _installed.add(id(app))
 
 
+class NativeRouteMetrics:
+    """ASGI middleware, outermost on MLflow's FastAPI app: the same histogram for the requests
+    Flask never sees. Each request is matched against the app's routes as Starlette's router
+    matches it: a `Route` (MLflow's native FastAPI routes, e.g. the artifact proxy's downloads and
+    uploads) is labelled with its path template, whoever answers (the route, or basic auth's
+    middleware with a 401); the `Mount` of the Flask app is left to Flask's hooks, so no request is
+    counted twice."""
+
+    def __init__(self, app: Any, routes: list[Any]) -> None:
+        self.app = app
+        self.routes = routes
+        self.histogram = route_histogram()
+
+    def _native_route(self, scope: dict[str, Any]) -> str | None:
+        from starlette.routing import Match, Route
+
+        partial = None
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return route.path if isinstance(route, Route) else None
+            if match is Match.PARTIAL and partial is None:
+                partial = route  # the path matches, the method does not (405)
+        if partial is not None:
+            return partial.path if isinstance(partial, Route) else None
+        return "unmatched"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in EXCLUDED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        route = self._native_route(scope)
+        if route is None:  # Flask's
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless an answer starts
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            method = scope["method"]
+            self.histogram.labels(
+                method if method in METHODS else "other", route, str(status)
+            ).observe(time.perf_counter() - started)
+
+
 def create_app() -> Any:
     """The app each server worker runs (a factory: `mlflow server` passes uvicorn `--factory`)."""
     from mlflow.environment_variables import _MLFLOW_SGI_NAME
     from mlflow.server import app as flask_app
 
-    if os.environ.get(MULTIPROC_ENV):
+    metrics = bool(os.environ.get(MULTIPROC_ENV))
+    if metrics:
         install_route_metrics(flask_app)
     mode = os.environ.get("MLSTACK_AUTH", "none")
     if mode == "basic":
         from mlflow.server.auth import create_app as basic_auth_app
 
-        return basic_auth_app(flask_app)
-    if mode != "none":
+        app = basic_auth_app(flask_app)
+    elif mode != "none":
         raise ValueError(f"MLSTACK_AUTH must be none or basic, not {mode!r}")
-    if _MLFLOW_SGI_NAME.get() == "uvicorn":
-        from mlflow.server.fastapi_app import app as fastapi_app
-
-        return fastapi_app
-    return flask_app
+    elif _MLFLOW_SGI_NAME.get() == "uvicorn":
+        from mlflow.server.fastapi_app import app
+    else:
+        app = flask_app
+    if metrics and app is not flask_app:
+        # Added last: outermost, so it also times the answers of MLflow's own middlewares.
+        app.add_middleware(NativeRouteMetrics, routes=app.router.routes)
+    return app
 
 
 def read_monitoring_token(path: Path) -> str:
