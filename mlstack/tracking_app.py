@@ -31,7 +31,8 @@ The monitoring login: Prometheus scrapes `/metrics` with HTTP basic auth as `MON
 whose password is the generated scrape token of the monitoring overlay
 (docker-compose.monitoring.yml, `MLSTACK_MONITORING_TOKEN_FILE`). `bootstrap_auth` creates that
 user, never an admin, and sets its password to the file's content at every start, so the two
-cannot drift apart. MLflow's plain app ignores the Authorization header, so one scrape
+cannot drift apart. MLflow's basic auth refuses /metrics to non-admins (fail-closed: no validator
+for it), so `allow_the_scrape_login` answers /metrics for that one user, and only /metrics. MLflow's plain app ignores the Authorization header, so one scrape
 configuration serves both modes.
 """
 
@@ -158,6 +159,32 @@ class NativeRouteMetrics:
             ).observe(time.perf_counter() - started)
 
 
+def allow_the_scrape_login(app: Flask) -> None:
+    """Let MONITORING_USER, with its password, read `GET /metrics`, and nothing else.
+
+    MLflow 3.17's basic auth is fail-closed (MLFLOW_BASIC_AUTH_FAIL_CLOSED, on by default): a
+    route without a permission validator, such as the exporter's /metrics, is refused (403) to
+    every user but admins. Rather than make the scrape login an admin, this hook, placed before
+    the basic-auth app's own, answers /metrics for that one user after checking its password in
+    MLflow's user store; any other request, or another login, goes on to MLflow's checks
+    unchanged (so a wrong password still gets MLflow's 401)."""
+    from flask import request
+    from mlflow.server.auth import store
+
+    def scrape() -> Any:
+        if request.path != "/metrics" or request.method != "GET":
+            return None
+        login = request.authorization
+        if login is None or login.type != "basic" or login.username != MONITORING_USER:
+            return None
+        rule = request.url_rule  # the exporter's /metrics rule (routing ran before this hook)
+        if rule is None or not store.authenticate_user(MONITORING_USER, login.password or ""):
+            return None
+        return app.view_functions[rule.endpoint](**(request.view_args or {}))
+
+    app.before_request_funcs.setdefault(None, []).insert(0, scrape)
+
+
 def create_app() -> Any:
     """The app each server worker runs (a factory: `mlflow server` passes uvicorn `--factory`)."""
     from mlflow.environment_variables import _MLFLOW_SGI_NAME
@@ -171,6 +198,8 @@ def create_app() -> Any:
         from mlflow.server.auth import create_app as basic_auth_app
 
         app = basic_auth_app(flask_app)
+        if metrics:
+            allow_the_scrape_login(flask_app)
     elif mode != "none":
         raise ValueError(f"MLSTACK_AUTH must be none or basic, not {mode!r}")
     elif _MLFLOW_SGI_NAME.get() == "uvicorn":
