@@ -19,6 +19,9 @@
 #                                    replicas: the chart's hook Job migrates once, before them;
 #                                    Compose keeps the default)
 #   MLSTACK_AUTH                     none (default) or basic
+#   MLSTACK_MONITORING_TOKEN_FILE    (monitoring overlay) the scrape token: with basic auth, the
+#                                    password of the non-admin user `mlstack-monitoring` Prometheus
+#                                    logs in as (created or updated here, before the workers)
 #   MLFLOW_AUTH_ADMIN_USERNAME (default admin), MLFLOW_AUTH_ADMIN_PASSWORD,
 #   MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_DEFAULT_PERMISSION (default READ)   basic auth
 # The password reaches libpq as PGPASSWORD, never inside a URI: no URL-encoding trouble with
@@ -191,7 +194,6 @@ admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
     export MLFLOW_AUTH_CONFIG_PATH="$auth_dir/basic_auth.ini"
-    set -- --app-name basic-auth "$@"
     ;;
   *)
     echo "mlflow-server: MLSTACK_AUTH must be none or basic, not '$MLSTACK_AUTH'" >&2
@@ -209,4 +211,13 @@ if [ "${MLSTACK_DB_UPGRADE:-true}" = true ]; then
 else
   echo "mlflow-server: no schema upgrade at start (MLSTACK_DB_UPGRADE=false: a migration job owns it)" >&2
 fi
-exec mlflow server --backend-store-uri "$backend" "$@"
+# basic auth: what `mlflow server --app-name basic-auth` does before its workers start (auth tables,
+# admin account), plus the monitoring login (mlstack/tracking_app.py). Once, here: not raced by
+# every worker.
+if auth_enabled; then
+  python -m mlstack.tracking_app bootstrap-auth
+fi
+# `--app-name mlstack` (mlstack/tracking_app.py, an `mlflow.app` entry point like MLflow's own
+# basic-auth): MLflow's app, or its basic-auth app with MLSTACK_AUTH=basic, plus per-endpoint
+# request metrics when --expose-prometheus (MLFLOW_EXPOSE_PROMETHEUS) is on.
+exec mlflow server --backend-store-uri "$backend" --app-name mlstack "$@"

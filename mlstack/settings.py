@@ -127,6 +127,12 @@ class Settings(BaseSettings):
         description="Bearer tokens of `mlstack serve`, one per line (a mounted secret); unset: "
         "no authentication. Never on the command line.",
     )
+    serve_metrics_tokens_file: Path | None = Field(
+        default=None,
+        description="Bearer tokens accepted on GET /metrics only (the monitoring overlay's scrape "
+        "token), same format; they open no scoring route. Used only with MLSTACK_SERVE_TOKENS_FILE: "
+        "without it /metrics is open anyway.",
+    )
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR"),

@@ -70,6 +70,7 @@ class ServeConfig:
     download_timeout: float | None = None  # model downloads; None: MLflow's HTTP timeout
     multiproc_dir: Path | None = None
     tokens_file: Path | None = None
+    metrics_tokens_file: Path | None = None
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     @classmethod
@@ -84,6 +85,7 @@ class ServeConfig:
             download_timeout=settings.model_download_timeout_seconds,
             multiproc_dir=settings.prometheus_multiproc_dir,
             tokens_file=settings.serve_tokens_file,
+            metrics_tokens_file=settings.serve_metrics_tokens_file,
             rollout=RolloutConfig(
                 challenger_alias=settings.serve_challenger_alias.strip() or None,
                 canary_weight=settings.canary_weight,
@@ -144,6 +146,13 @@ class ServingApp:
         self._fast_thread_ready = False
         # Read once at start: a missing or bad tokens file stops the server before it listens.
         self.auth = BearerAuth.from_file(config.tokens_file) if config.tokens_file else None
+        # Scrape-only tokens (Prometheus): /metrics and nothing else. Without `auth` they would
+        # guard nothing, so they are not even read.
+        self.metrics_auth = (
+            BearerAuth.from_file(config.metrics_tokens_file)
+            if config.metrics_tokens_file and self.auth is not None
+            else None
+        )
 
     def _on_swap(self, slot: ModelSlot, model: ServedModel) -> None:
         self.metrics.model_served(slot.key, model.version)
@@ -348,7 +357,11 @@ class ServingApp:
         method: str = scope["method"]
         route, model_label = path, ""
         try:
-            if self.auth is not None and path not in OPEN_PATHS and not self._authorized(scope):
+            if (
+                self.auth is not None
+                and path not in OPEN_PATHS
+                and not self._authorized(scope, path)
+            ):
                 route = "unauthenticated"  # one label value, whatever the path
                 message = "Missing or invalid bearer token (Authorization: Bearer <token>)"
                 answer = error_answer(401, "UNAUTHENTICATED", message)
@@ -383,11 +396,15 @@ class ServingApp:
                 await self._send(send, error_answer(500, "INTERNAL_ERROR", "Internal server error"))
         self.metrics.observe(route, model_label, status, time.perf_counter() - started)
 
-    def _authorized(self, scope: Scope) -> bool:
+    def _authorized(self, scope: Scope, path: str) -> bool:
         assert self.auth is not None
         for key, value in scope["headers"]:
             if key == b"authorization":
-                return self.auth.allows(value)
+                if self.auth.allows(value):
+                    return True
+                return path == "/metrics" and (
+                    self.metrics_auth is not None and self.metrics_auth.allows(value)
+                )
         return False
 
     # --- informational routes -----------------------------------------------------------------

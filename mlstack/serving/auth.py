@@ -9,6 +9,11 @@ needs `Authorization: Bearer <token>`; otherwise the answer is 401 with MLflow's
 (`UNAUTHENTICATED`) and a `WWW-Authenticate: Bearer` header. The presented token is hashed and
 its SHA-256 compared with every configured token's in constant time (`hmac.compare_digest`, and
 no early exit), so neither the content nor the position of a valid token leaks through timing.
+
+Scrape-only tokens (`MLSTACK_SERVE_METRICS_TOKENS_FILE`, the monitoring overlay's generated scrape
+token) are accepted on `GET /metrics` and nowhere else, so Prometheus holds no token that can
+score. They matter only when authentication is on: without it `/metrics` is open and the
+Authorization header is ignored, so one scrape configuration serves both modes.
 """
 
 from __future__ import annotations

@@ -92,6 +92,13 @@ def run_serve(args: argparse.Namespace) -> int:
             )
             return 2
         print(f"mlstack serve: bearer-token authentication on ({count} token(s))", file=sys.stderr)
+        if settings.serve_metrics_tokens_file is not None:
+            try:
+                read_tokens(settings.serve_metrics_tokens_file)
+            except TokenFileError as exc:
+                print(f"mlstack serve: MLSTACK_SERVE_METRICS_TOKENS_FILE: {exc}", file=sys.stderr)
+                return 2
+            print("mlstack serve: scrape-only token(s) accepted on /metrics", file=sys.stderr)
     if settings.serving_engine == "mlflow":
         from mlstack.serving.mlflow_engine import exec_mlflow_serve
 

@@ -35,6 +35,8 @@ def _export_for_workers(settings: Settings) -> None:
         os.environ["MLSTACK_CANARY_STICKY_HEADER"] = settings.canary_sticky_header
     if settings.serve_tokens_file is not None:  # the path only: workers read the file
         os.environ["MLSTACK_SERVE_TOKENS_FILE"] = str(settings.serve_tokens_file)
+    if settings.serve_metrics_tokens_file is not None:
+        os.environ["MLSTACK_SERVE_METRICS_TOKENS_FILE"] = str(settings.serve_metrics_tokens_file)
 
 
 def run_server(settings: Settings) -> int:

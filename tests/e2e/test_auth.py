@@ -7,13 +7,21 @@ stays open (healthchecks); the users live in PostgreSQL; a trainer run with `doc
 serving authenticates to the registry, loads the champion and answers /invocations, with a
 bearer token from the file mounted as a Compose secret, and 401 without it.
 
+With the monitoring overlay as well (all three files, as docs/monitoring.md tells users): Prometheus
+scrapes every target with the generated scrape token, which logs in as the non-admin user
+`mlstack-monitoring` on MLflow and opens serving's /metrics only; without it, or with a wrong one,
+/metrics stays 401. (tests/e2e/test_monitoring.py runs the same scrape configuration without auth.)
+
 Its own compose project (`mlstack-e2e-auth`) on free ports, from tests/e2e/conftest.py.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,8 +45,25 @@ def docker_env(key: str) -> str:
 ADMIN = docker_env("MLFLOW_AUTH_ADMIN_USERNAME")
 ADMIN_PASSWORD = docker_env("MLFLOW_AUTH_ADMIN_PASSWORD")
 
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+ONLINE = os.environ.get("MLSTACK_E2E_ONLINE", "").lower() in ("1", "true", "yes")
+PROMETHEUS_PORT = _free_port()
+PROMETHEUS = f"http://127.0.0.1:{PROMETHEUS_PORT}"
+# The scrape login's name: monitoring/prometheus/prometheus.yml, mlstack/tracking_app.py.
+MONITORING_USER = "mlstack-monitoring"
+
 COMPOSE_PROJECT = "mlstack-e2e-auth"
-COMPOSE_OVERLAYS = ("docker-compose.auth.yml",)
+COMPOSE_OVERLAYS = (
+    "docker-compose.auth.yml",
+    "docker-compose.monitoring.yml",
+    *(() if ONLINE else ("tests/e2e/compose.monitoring.offline.yml",)),
+)
 # Serving's bearer tokens, as a user writes them (a file, mounted as a Compose secret).
 SERVING_TOKEN = secrets.token_urlsafe(32)
 _TOKENS_DIR = Path(tempfile.mkdtemp(prefix="mlstack-e2e-auth-"))
@@ -49,6 +74,8 @@ STACK_ENV = {
     "MLFLOW_TRACKING_USERNAME": ADMIN,
     "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD,
     "SERVING_TOKENS_FILE": str(_TOKENS_DIR / "serving-tokens"),
+    "PROMETHEUS_BIND": f"127.0.0.1:{PROMETHEUS_PORT}",
+    "GRAFANA_BIND": f"127.0.0.1:{_free_port()}",
 }
 
 API = "/api/2.0/mlflow/experiments/search?max_results=1"
@@ -78,7 +105,10 @@ def test_health_stays_open(stack: Stack) -> None:
 
 
 def test_users_live_in_postgres(stack: Stack) -> None:
-    assert stack.psql("SELECT username, is_admin FROM users") == [[ADMIN, "t"]]
+    # The admin of docker.env, and the monitoring overlay's scrape login, never an admin.
+    assert sorted(stack.psql("SELECT username, is_admin FROM users")) == sorted(
+        [[ADMIN, "t"], [MONITORING_USER, "f"]]
+    )
     # Nothing written to a SQLite file in the container (MLflow's default is basic_auth.db).
     found = stack.compose(
         "exec", "-T", "mlflow", "sh", "-c", "find / -xdev -name '*.db' 2>/dev/null; true"
@@ -131,3 +161,61 @@ def test_serving_authenticates_to_the_registry(stack: Stack) -> None:
     answer = stack.wait_for_version(version)
     assert answer.headers["X-Model-Name"] == "linear_model"
     assert len(answer.json()["predictions"]) == 3
+
+
+# --- with the monitoring overlay -----------------------------------------------------------------
+def scrape_token(stack: Stack) -> str:
+    """The token monitoring-init generated (read where Prometheus reads it)."""
+    return stack.compose(
+        "exec", "-T", "prometheus", "cat", "/run/mlstack-monitoring/scrape-token"
+    ).stdout.strip()
+
+
+def test_prometheus_scrapes_every_target_with_auth_on(stack: Stack) -> None:
+    jobs = {"serving", "mlflow", "postgres", "minio", "prometheus"}
+    deadline = time.monotonic() + 150  # scrapes every 15 s; the machine is shared and slow
+    while True:
+        answer = requests.get(f"{PROMETHEUS}/api/v1/targets", timeout=10).json()
+        states = {
+            t["labels"]["job"]: (t["health"], t.get("lastError", ""))
+            for t in answer["data"]["activeTargets"]
+        }
+        if {job: state[0] for job, state in states.items()} == dict.fromkeys(jobs, "up"):
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(3)
+    # MLflow's per-endpoint series carry the refusals of the tests above (401) beside the rest.
+    query = 'sum by (route) (mlstack_tracking_http_request_duration_seconds_count{status="401"})'
+    result = requests.get(f"{PROMETHEUS}/api/v1/query", params={"query": query}, timeout=30)
+    routes = {r["metric"]["route"] for r in result.json()["data"]["result"]}
+    assert "/api/2.0/mlflow/experiments/search" in routes, routes
+
+
+def test_metrics_need_the_scrape_login(stack: Stack) -> None:
+    token = scrape_token(stack)
+    assert len(token) == 64
+    metrics = stack.mlflow_url + "/metrics"
+    for auth in (None, (MONITORING_USER, "not-the-token"), (ADMIN, token)):
+        assert requests.get(metrics, auth=auth, timeout=30).status_code == 401, auth
+    answer = requests.get(metrics, auth=(MONITORING_USER, token), timeout=30)
+    assert answer.status_code == 200 and "mlflow_http_request_total" in answer.text
+    # The monitoring user is no admin: MLflow's user administration refuses it.
+    users = requests.get(
+        stack.mlflow_url + "/api/2.0/mlflow/users/get",
+        params={"username": ADMIN},
+        auth=(MONITORING_USER, token),
+        timeout=30,
+    )
+    assert users.status_code == 403, users.text
+    # Serving: the scrape token opens /metrics and nothing else.
+    bearer = {"Authorization": f"Bearer {token}"}
+    serving_metrics = stack.serving_url + "/metrics"
+    assert requests.get(serving_metrics, timeout=30).status_code == 401
+    wrong = {"Authorization": "Bearer " + "0" * 64}
+    assert requests.get(serving_metrics, headers=wrong, timeout=30).status_code == 401
+    assert requests.get(serving_metrics, headers=bearer, timeout=30).status_code == 200
+    scored = requests.post(
+        stack.serving_url + "/invocations", json=stack.diabetes_payload(), headers=bearer,
+        timeout=30,
+    )  # fmt: skip
+    assert scored.status_code == 401, scored.text

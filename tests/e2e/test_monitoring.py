@@ -2,7 +2,9 @@
 `mlstack-e2e-monitoring`, with two serving workers: every scrape target up; after traffic (a training
 run, /invocations answered and refused) every Grafana panel's query, evaluated by the running
 Prometheus, returns series; one scrape counts the requests of both serving workers; the alert
-rules are loaded, and MlstackPostgresDown fires when PostgreSQL stops.
+rules are loaded, and MlstackPostgresDown fires when PostgreSQL stops. No auth overlay here: the
+targets are up although Prometheus sends the scrape token (plain MLflow and serving ignore the
+Authorization header); tests/e2e/test_auth.py runs the same configuration with auth.
 
 Offline, Prometheus and postgres_exporter are the Debian-package stand-ins
 (tests/e2e/compose.monitoring.offline.yml) and Grafana is not started: it has no stand-in, so its
@@ -110,6 +112,11 @@ def test_overlay_config() -> None:
         ("prometheus", "9090"): ("127.0.0.1", "9090"),
         ("grafana", "3000"): ("127.0.0.1", "3000"),
     }
+    # The token's one-shot writer: root only for the fresh volume, and nothing else.
+    init = services["monitoring-init"]
+    assert init["security_opt"] == ["no-new-privileges:true"]
+    assert init["cap_drop"] == ["ALL"] and init["read_only"] is True
+    assert init["network_mode"] == "none" and init["restart"] == "no"
     for name in ("prometheus", "grafana", "postgres-exporter"):
         service = services[name]
         assert service["security_opt"] == ["no-new-privileges:true"], name
@@ -172,6 +179,11 @@ def test_every_scrape_target_is_up(stack: Any) -> None:
         return {job: state[0] for job, state in states.items()} == dict.fromkeys(JOBS, "up"), states
 
     wait_for("every scrape target up", health)
+    # Up with the credentials sent: the running configuration logs in to serving and mlflow, which
+    # ignore the header without the auth overlay.
+    running = requests.get(f"{PROMETHEUS}/api/v1/status/config", timeout=10).json()["data"]["yaml"]
+    assert "credentials_file: /run/mlstack-monitoring/scrape-token" in running
+    assert "password_file: /run/mlstack-monitoring/scrape-token" in running
     # And each exporter really reaches what it watches, not just its own HTTP port.
     assert scalar("pg_up") == 1.0
     assert scalar('minio_cluster_nodes_online_total{job="minio"}') == 1.0
@@ -217,6 +229,12 @@ def test_after_traffic_every_dashboard_panel_returns_series(stack: Any) -> None:
         float(version)
     )
     assert (scalar('sum(mlstack_tracking_runs{status="FINISHED"})') or 0) >= 1
+    # Per endpoint: the URL rule, not the raw path (the run id "nope" is no label value).
+    missing = (
+        'mlstack_tracking_http_request_duration_seconds_count{route="/api/2.0/mlflow/runs/get"}'
+    )
+    assert "404" in {s["metric"]["status"] for s in query(f"sum by (status) ({missing})")}
+    assert not query('{__name__=~"mlstack_tracking_.*", route=~".*nope.*"}')
 
 
 def test_one_scrape_counts_every_serving_worker(stack: Any) -> None:

@@ -2,8 +2,9 @@
 
 A real server with a tokens file, spoken to over HTTP: no token and a wrong token get 401 with
 MLflow's error JSON, the right token (either of two) gets predictions; the probes stay open;
-/metrics and the informational routes are checked like scoring. A bad tokens file stops the
-server before it listens, with exit code 2 and a message naming the file.
+/metrics and the informational routes are checked like scoring. A scrape-only token
+(MLSTACK_SERVE_METRICS_TOKENS_FILE, the monitoring overlay's) opens /metrics and nothing else. A
+bad tokens file stops the server before it listens, with exit code 2 and a message naming the file.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .conftest import ALIAS, Registry, ServerProcess, Servers, training_data, wa
 
 TOKEN_A = "tok-a-0123456789abcdef0123456789"
 TOKEN_B = "tok-b-fedcba9876543210fedcba9876"
+TOKEN_SCRAPE = "0f" * 32  # the shape monitoring-init generates
 
 
 def body() -> bytes:
@@ -84,8 +86,14 @@ def guarded(
     registry.register(name, "constant", constant=4.0)
     tokens = tmp_path_factory.mktemp("tokens") / "serving-tokens"
     tokens.write_text(f"# serving clients\n{TOKEN_A}\n{TOKEN_B}\n")
+    scrape = tokens.parent / "scrape-token"
+    scrape.write_text(TOKEN_SCRAPE)  # no newline, as monitoring-init writes it
     server = servers.mlstack(
-        f"models:/{name}@{ALIAS}", extra_env={"MLSTACK_SERVE_TOKENS_FILE": str(tokens)}
+        f"models:/{name}@{ALIAS}",
+        extra_env={
+            "MLSTACK_SERVE_TOKENS_FILE": str(tokens),
+            "MLSTACK_SERVE_METRICS_TOKENS_FILE": str(scrape),
+        },
     )
     wait_ready(server)  # /ping is open: readiness probes need no token
     return server
@@ -136,6 +144,16 @@ def test_right_tokens_get_predictions(guarded: ServerProcess) -> None:
     metrics = call(guarded, "GET", "/metrics", TOKEN_B)
     assert metrics.status_code == 200
     assert 'route="unauthenticated"' in metrics.text  # the refusals are counted
+
+
+@pytest.mark.integration
+def test_the_scrape_token_opens_metrics_only(guarded: ServerProcess) -> None:
+    answer = call(guarded, "GET", "/metrics", TOKEN_SCRAPE)
+    assert answer.status_code == 200, answer.text
+    assert "mlstack_serving_requests_total" in answer.text
+    for method, path in (("POST", "/invocations"), ("POST", "/models/anything/invocations"),
+                         ("GET", "/version"), ("GET", "/models"), ("GET", "/rollouts")):  # fmt: skip
+        assert_401(call(guarded, method, path, TOKEN_SCRAPE))
 
 
 @pytest.mark.integration

@@ -44,6 +44,7 @@ EXTRAS: list[tuple[str, tuple[str, ...]]] = [
     ("mlstack/gc.py", ("local",)),  # host side only, like `mlstack import`
     ("mlstack/importer.py", ("local",)),
     ("mlstack/upgrade.py", ("local",)),
+    ("mlstack/tracking_app.py", ("server",)),  # `mlflow server --app-name mlstack`, server image
 ]
 
 

@@ -99,15 +99,21 @@ def test_promtool_accepts_the_config_with_the_rules_it_loads(tmp_path: Path) -> 
     (pattern,) = config["rule_files"]
     assert pattern.startswith("/etc/prometheus/rules/")
     assert list(RULES.parent.glob(pattern.removeprefix("/etc/prometheus/rules/"))) == [RULES]
-    # Run promtool on a copy whose glob points at the repo's rules, so it checks them too.
+    # Run promtool on a copy whose glob points at the repo's rules, so it checks them too, and
+    # whose scrape token (generated at run time into a volume) is a file that exists here.
     config["rule_files"] = [str(RULES.parent / Path(pattern).name)]
+    token = tmp_path / "scrape-token"
+    token.write_text("0" * 64)
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    jobs["serving"]["authorization"]["credentials_file"] = str(token)
+    jobs["mlflow"]["basic_auth"]["password_file"] = str(token)
     local = tmp_path / "prometheus.yml"
     local.write_text(yaml.safe_dump(config))
     result = run_promtool("check", "config", local)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alerting_rules()) + 1} rules found" in result.stdout, result.stdout
-    # And the file as shipped.
-    result = run_promtool("check", "config", CONFIG)
+    # And the file as shipped (its token file exists only inside the container).
+    result = run_promtool("check", "config", "--syntax-only", CONFIG)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -122,6 +128,31 @@ def test_every_service_is_scraped() -> None:
         "prometheus": ["localhost:9090"],
     }
     assert jobs["minio"]["metrics_path"] == "/minio/v2/metrics/cluster"
+
+
+def test_prometheus_logs_in_with_the_generated_scrape_token() -> None:
+    # One configuration for both modes: serving and mlflow get credentials always (without the
+    # auth overlay they ignore them; the Docker tier runs both modes with this same file).
+    from mlstack.tracking_app import MONITORING_USER
+
+    jobs = {job["job_name"]: job for job in load_yaml(CONFIG)["scrape_configs"]}
+    overlay = load_yaml(OVERLAY)["services"]
+    mount = "/run/mlstack-monitoring"
+    token = f"{mount}/scrape-token"
+    assert jobs["serving"]["authorization"] == {"type": "Bearer", "credentials_file": token}
+    assert jobs["mlflow"]["basic_auth"] == {"username": MONITORING_USER, "password_file": token}
+    # The volume the token lives in: written by the one-shot init only, read-only elsewhere.
+    for name in ("prometheus", "serving", "mlflow"):
+        assert f"monitoring-token:{mount}:ro" in overlay[name]["volumes"], name
+        assert overlay[name]["depends_on"]["monitoring-init"] == {
+            "condition": "service_completed_successfully"
+        }, name
+    assert overlay["monitoring-init"]["volumes"] == [f"monitoring-token:{mount}"]
+    assert overlay["monitoring-init"]["network_mode"] == "none"
+    assert overlay["serving"]["environment"]["MLSTACK_SERVE_METRICS_TOKENS_FILE"] == token
+    assert overlay["mlflow"]["environment"]["MLSTACK_MONITORING_TOKEN_FILE"] == token
+    # No token in any environment or command: only the file's path.
+    assert "scrape-token" not in json.dumps(overlay["prometheus"].get("command", []))
 
 
 def test_promtool_checks_the_rules() -> None:
