@@ -13,20 +13,19 @@ MLSTACK_E2E_ONLINE=1. Timings (build, up to healthy) are printed at the end of t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 import requests
+from big_files import MIB, file_sha256, peak_mib, write_random_file
 from host_client import run_host_client
 
 if TYPE_CHECKING:
@@ -39,7 +38,6 @@ LONG_RUNNING = ("postgres", "minio", "mlflow", "serving")
 ONE_SHOT = ("config-check", "create-bucket")
 WRITABLE_ROOT = ("postgres", "minio")  # see docker-compose.yml: socket folder, config at start
 SERVING_PICKUP_SECONDS = 90
-MIB = 1024 * 1024
 # 2 GiB (issue 13's large artifact), above MLflow's 500 MB threshold for presigned multipart
 # uploads (MLFLOW_MULTIPART_UPLOAD_...).
 LARGE_ARTIFACT_MIB = 2048
@@ -253,14 +251,6 @@ def champion_run_id(stack: Stack, model: str) -> str:
     return rows[0][0]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(MIB):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def test_host_client_server_offers_no_presigned_transfers(stack: Stack) -> None:
     info = requests.get(f"{stack.mlflow_url}/api/3.0/mlflow/server-info", timeout=30).json()
     assert info["multipart_downloads_enabled"] is False, info
@@ -321,39 +311,15 @@ def mlflow_container_rss(stack: Stack) -> Iterator[int]:
         yield total
 
 
-@contextmanager
-def rss_rise(stack: Stack) -> Iterator[dict[str, float]]:
+def rss_rise(stack: Stack) -> AbstractContextManager[dict[str, float]]:
     """{'baseline', 'peak'} MiB of the mlflow container's processes, sampled every 0.2 s."""
     probe = mlflow_container_rss(stack)
-    figures = {"baseline": next(probe) / MIB}
-    figures["peak"] = figures["baseline"]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.2):
-            figures["peak"] = max(figures["peak"], next(probe) / MIB)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield figures
-    finally:
-        stop.set()
-        thread.join()
+    return peak_mib(lambda: next(probe))
 
 
 def test_host_client_round_trips_a_2_gib_artifact(stack: Stack, tmp_path: Path) -> None:
-    import numpy as np
-
     source = tmp_path / "weights.bin"
-    digest = hashlib.sha256()
-    rng = np.random.default_rng(LARGE_ARTIFACT_MIB)  # pseudo-random: nothing to compress
-    with source.open("wb") as handle:  # 16 MiB at a time: never the whole file in memory
-        for _ in range(LARGE_ARTIFACT_MIB // 16):
-            block = rng.bytes(16 * MIB)
-            digest.update(block)
-            handle.write(block)
-    sha256 = digest.hexdigest()
+    sha256 = write_random_file(source, LARGE_ARTIFACT_MIB, seed=LARGE_ARTIFACT_MIB)
 
     started = time.monotonic()
     with rss_rise(stack) as upload_rss:

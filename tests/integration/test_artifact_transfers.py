@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
+from big_files import MIB, file_sha256
 from host_client import run_host_client
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-MIB = 1024 * 1024
 ARTIFACT_MIB = 24
 # MLflow's client chooses presigned multipart uploads from 500 MB on; lowered for the client so
 # a small file takes the same decision a 600 MB one would.
@@ -40,14 +40,6 @@ def write_random_file(path: Path, mib: int) -> str:
             block = hashlib.shake_256(seed + index.to_bytes(4, "big")).digest(MIB)
             digest.update(block)
             handle.write(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(MIB):
-            digest.update(block)
     return digest.hexdigest()
 
 

@@ -27,16 +27,16 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 import requests
+from big_files import MIB, file_sha256, peak_mib, write_random_file
 
 from mlstack.local.processes import ProcessRecord
 
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.reliability
 
-MIB = 1024 * 1024
 BIG_MIB = 2048
 SERVING_START_SECONDS = 180
 SWITCH_SECONDS = 900
@@ -56,28 +55,6 @@ MODEL = "big_model"
 
 def say(message: str) -> None:
     print(f"[large-artifacts] {message}", flush=True)
-
-
-def write_random_file(path: Path, mib: int, seed: int) -> str:
-    """`mib` MiB of PCG64 bytes, 16 MiB at a time; their sha256."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    digest = hashlib.sha256()
-    with path.open("wb") as handle:
-        for _ in range(mib // 16):
-            block = rng.bytes(16 * MIB)
-            digest.update(block)
-            handle.write(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(4 * MIB):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def bucket_keys(platform: LocalPlatform, suffix: str) -> list[str]:
@@ -119,24 +96,9 @@ def server_rss(platform: LocalPlatform) -> int:
     return total
 
 
-@contextmanager
-def peak_rss(platform: LocalPlatform) -> Iterator[dict[str, float]]:
+def peak_rss(platform: LocalPlatform) -> AbstractContextManager[dict[str, float]]:
     """{'baseline', 'peak'} MiB of the server's RSS, sampled every 0.2 s during the block."""
-    figures = {"baseline": server_rss(platform) / MIB}
-    figures["peak"] = figures["baseline"]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.2):
-            figures["peak"] = max(figures["peak"], server_rss(platform) / MIB)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield figures
-    finally:
-        stop.set()
-        thread.join()
+    return peak_mib(lambda: server_rss(platform))
 
 
 @pytest.fixture(scope="module")
