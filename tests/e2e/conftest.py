@@ -159,6 +159,13 @@ class Stack:
         self, name: str, *args: str, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
         """A scripts/*.sh, pointed at this project the documented way (COMPOSE_FILE)."""
+        return self._host_command([str(REPO / "scripts" / name), *args], timeout)
+
+    def mlstack(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """`python -m mlstack ARGS` on the host, pointed at this project like `script`."""
+        return self._host_command([sys.executable, "-m", "mlstack", *args], timeout)
+
+    def _host_command(self, command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         env = {
             **self.env,
             "COMPOSE_FILE": ":".join(self.files),
@@ -166,7 +173,7 @@ class Stack:
             "PYTHON": sys.executable,  # scripts that run mlstack on the host: this venv's
         }
         return subprocess.run(
-            [str(REPO / "scripts" / name), *args],
+            command,
             cwd=REPO,
             env=env,
             capture_output=True,

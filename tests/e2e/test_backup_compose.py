@@ -215,12 +215,7 @@ def test_import_of_a_stock_sqlite_store_arrives_once(stack: Stack, tmp_path: Pat
     source = json.loads(made.stdout.strip().splitlines()[-1])
 
     def run_import() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "mlstack", "import", str(tmp_path / "mlflow.db"), "--compose"],
-            cwd=repo, capture_output=True, text=True, timeout=900, check=False,
-            env={**stack.env, "COMPOSE_FILE": ":".join(stack.files),
-                 "COMPOSE_PROJECT_NAME": stack.project},
-        )  # fmt: skip
+        return stack.mlstack("import", str(tmp_path / "mlflow.db"), "--compose", timeout=900)
 
     first = run_import()
     assert first.returncode == 0, first.stdout + first.stderr
@@ -278,12 +273,7 @@ def test_import_from_another_tracking_server_arrives_once(stack: Stack, tmp_path
         source = json.loads(made.stdout.strip().splitlines()[-1])
 
         def run_import() -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "mlstack", "import", url, "--compose"],
-                cwd=repo, capture_output=True, text=True, timeout=900, check=False,
-                env={**stack.env, "COMPOSE_FILE": ":".join(stack.files),
-                     "COMPOSE_PROJECT_NAME": stack.project},
-            )  # fmt: skip
+            return stack.mlstack("import", url, "--compose", timeout=900)
 
         first = run_import()
         assert first.returncode == 0, first.stdout + first.stderr
