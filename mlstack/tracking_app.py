@@ -115,19 +115,21 @@ class NativeRouteMetrics:
     counted twice."""
 
     def __init__(self, app: Any, routes: list[Any]) -> None:
+        from starlette.routing import Match, Route  # once here, not on every request
+
         self.app = app
         self.routes = routes
         self.histogram = route_histogram()
+        self._full, self._partial, self._route_type = Match.FULL, Match.PARTIAL, Route
 
     def _native_route(self, scope: dict[str, Any]) -> str | None:
-        from starlette.routing import Match, Route
-
+        Route = self._route_type
         partial = None
         for route in self.routes:
             match, _ = route.matches(scope)
-            if match is Match.FULL:
+            if match is self._full:
                 return route.path if isinstance(route, Route) else None
-            if match is Match.PARTIAL and partial is None:
+            if match is self._partial and partial is None:
                 partial = route  # the path matches, the method does not (405)
         if partial is not None:
             return partial.path if isinstance(partial, Route) else None
