@@ -41,6 +41,7 @@ from mlstack.tracking import (
     mark_as_model_training,
     mark_runs_failed,
     stop_client_retries,
+    use_experiment,
 )
 
 if TYPE_CHECKING:
@@ -236,7 +237,7 @@ class TrainingRun:
         from mlstack.registry import register_and_promote
 
         mlflow = self.mlflow
-        experiment = mlflow.set_experiment(self.experiment)
+        experiment = use_experiment(mlflow, self.experiment)
         mark_as_model_training(self.client, experiment)
         name = self.params.registered_model_name
         combos = self.params.sweep_combinations()

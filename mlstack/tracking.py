@@ -249,6 +249,22 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 
 
+def use_experiment(mlflow: Any, name: str) -> Any:
+    """`mlflow.set_experiment(name)` that also holds when trainers race to create `name`.
+
+    MLflow 3.17's `set_experiment`, when another process creates the experiment between its
+    lookup and its create, returns the experiment without making it the active one (its
+    RESOURCE_ALREADY_EXISTS branch returns early): that trainer's runs then land in the Default
+    experiment. Seen in CI with three trainers started together on a new experiment. Setting it
+    again by id, only in that case, makes it active; it costs one request."""
+    from mlflow.tracking.fluent import _get_experiment_id
+
+    experiment = mlflow.set_experiment(name)
+    if _get_experiment_id() != experiment.experiment_id:
+        experiment = mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return experiment
+
+
 def mark_as_model_training(client: Any, experiment: Any) -> None:
     """Tag `experiment` (an mlflow Experiment) as model training, once: no call when it is.
 

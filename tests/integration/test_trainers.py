@@ -249,6 +249,42 @@ def test_bad_params_create_no_run(local_platform: Any, pg_conn: Any) -> None:
     assert query(pg_conn, count)[0][0] == before
 
 
+def test_a_trainer_that_loses_the_race_to_create_its_experiment_logs_into_it(
+    local_platform: Any, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trainers started together on a new experiment race to create it. The interleaving that
+    CI once hit is forced here (an injected fault, against the real server): our lookup finds
+    nothing, another client creates the experiment, our create is refused. MLflow's own
+    `set_experiment` then leaves Default active; the runner's must not."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    from mlstack.tracking import use_experiment
+
+    name = "lost-the-race"
+    lookup = TrackingServiceClient.get_experiment_by_name
+
+    def lookup_then_lose(self: Any, experiment_name: str) -> Any:
+        monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", lookup)
+        MlflowClient(local_platform.tracking_uri).create_experiment(experiment_name)
+        return None
+
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", lookup_then_lose)
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", local_platform.tracking_uri)
+    experiment = use_experiment(mlflow, name)
+    with mlflow.start_run(run_name="the-loser"):
+        pass
+
+    assert [row[1] for row in runs_of(pg_conn, name)] == ["the-loser"]
+    in_default = query(pg_conn, "SELECT 1 FROM runs WHERE name = 'the-loser' AND experiment_id = 0")
+    assert not in_default, "the run landed in the Default experiment"
+    assert query(pg_conn, "SELECT name FROM experiments WHERE experiment_id = %s",
+                 int(experiment.experiment_id)) == [(name,)]  # fmt: skip
+
+
 def test_a_fit_that_fails_marks_its_run_failed_and_registers_nothing(
     local_platform: Any, pg_conn: Any, tmp_path: Path
 ) -> None:
