@@ -13,6 +13,12 @@ not one of those mixins: the server advertises no presigned transfers, answers t
 multipart endpoints with 501, and every transfer goes through its proxy
 (`/api/2.0/mlflow-artifacts/artifacts/...`), which any client of the tracking URI can reach.
 
+Downloads through that proxy stream (`open_download`, served by mlstack/tracking_app.py):
+MLflow 3.17's proxy first copies the whole object from S3 into a temporary directory and only
+then sends its first byte, so a 2 GB model costs 2 GB of the server's disk (a tmpfs, so memory, in
+Compose) and two full transfers one after the other. Here the object's bytes go on to the client
+as they arrive from S3, read ahead by a bounded queue, with its Content-Length.
+
 pyproject.toml registers it (through mlstack.plugins) for the `s3` scheme in MLflow's
 `mlflow.artifact_repository` entry-point group. MLflow registers entry points after its built-in schemes, so this one replaces
 the built-in `s3` repository in every process that sees mlstack's distribution metadata: each
@@ -26,7 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
-from collections.abc import AsyncIterable
+import queue
+import threading
+from collections.abc import AsyncIterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from mimetypes import guess_type
 from typing import Any, BinaryIO
@@ -51,6 +59,9 @@ PART_SIZE = 16 * 1024 * 1024
 # part at a time stopped reading the request body for every part's round trip to S3. Bounds an
 # upload's memory at about (PARTS_IN_FLIGHT + 1) * PART_SIZE.
 PARTS_IN_FLIGHT = 2
+# Downloads: chunks read from S3 ahead of the client, so S3 and the client's connection are busy at
+# the same time. Bounds a download's memory at about (READ_AHEAD + 1) * ARTIFACT_STREAM_CHUNK_SIZE.
+READ_AHEAD = 8
 
 
 class ProxiedS3ArtifactRepository(ArtifactRepository, StreamUploadMixin):
@@ -84,6 +95,35 @@ class ProxiedS3ArtifactRepository(ArtifactRepository, StreamUploadMixin):
     def delete_artifacts(self, artifact_path: str | None = None) -> None:
         self._s3.delete_artifacts(artifact_path)
 
+    def open_download(self, artifact_path: str) -> tuple[int, Iterator[bytes]] | None:
+        """The object at `artifact_path` as (size, chunks) streamed from S3, or None when there
+        is no such object (a folder, or nothing), for MLflow's own answer to that. Closing the
+        chunks (the server does when the client goes) stops the read."""
+        from botocore.exceptions import ClientError
+
+        s3 = self._s3
+        bucket, root = s3.parse_s3_compliant_uri(s3.artifact_uri)
+        key = posixpath.join(root, artifact_path)
+        try:
+            answer = s3._get_s3_client().get_object(
+                Bucket=bucket, Key=key, **dict(s3._bucket_owner_params)
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        return int(answer["ContentLength"]), _read_ahead(answer["Body"])
+
+    def is_folder(self, artifact_path: str) -> bool:
+        """Whether objects exist below `artifact_path` (S3 has no folders, only key prefixes)."""
+        s3 = self._s3
+        bucket, root = s3.parse_s3_compliant_uri(s3.artifact_uri)
+        prefix = posixpath.join(root, artifact_path).rstrip("/") + "/"
+        listed = s3._get_s3_client().list_objects_v2(
+            Bucket=bucket, Prefix=prefix, MaxKeys=1, **dict(s3._bucket_owner_params)
+        )
+        return bool(listed.get("KeyCount") or listed.get("Contents"))
+
     def upload_archived_trace_data_bytes(self, data: bytes) -> None:
         self._s3.upload_archived_trace_data_bytes(data)
 
@@ -116,6 +156,46 @@ class ProxiedS3ArtifactRepository(ArtifactRepository, StreamUploadMixin):
         except BaseException:
             await asyncio.to_thread(upload.abort)
             raise
+
+
+def _read_ahead(body: Any) -> Iterator[bytes]:
+    """The chunks of an S3 object's body, read on a thread of their own up to READ_AHEAD chunks
+    ahead of the consumer. A read error is raised to the consumer where it happened; a consumer
+    that stops early (closes the generator) stops the reader and closes the body."""
+    chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(READ_AHEAD)
+    stop = threading.Event()
+
+    def put(item: bytes | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chunk in body.iter_chunks(ARTIFACT_STREAM_CHUNK_SIZE):
+                if not put(chunk):
+                    return
+            put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                body.close()
+
+    reader = threading.Thread(target=read, name="mlstack-s3-read", daemon=True)
+    reader.start()
+    try:
+        while (item := chunks.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join(timeout=5)
 
 
 class _StreamedUpload:

@@ -19,6 +19,11 @@ native FastAPI routes (the artifact proxy's downloads and uploads, `GET`/`PUT
 Flask, and an ASGI middleware (`NativeRouteMetrics`) counts those under their path template
 (basic auth's 401 on them included).
 
+Artifact downloads through the proxy stream from S3 (`stream_artifact_downloads`): MLflow 3.17's own
+download route copies the whole object to a temporary directory before its first byte. Ours is
+placed ahead of it under the same path template, inside MLflow's middlewares (basic auth checks
+it as it checks MLflow's), and hands anything that is not one S3 object back to MLflow's route.
+
 MLflow loads the app through its `mlflow.app` entry point (pyproject.toml), the same mechanism as
 its own `basic-auth`; nothing of MLflow is patched or copied. Without `--expose-prometheus` the app
 is exactly MLflow's (plain or basic-auth).
@@ -161,6 +166,73 @@ class NativeRouteMetrics:
             ).observe(time.perf_counter() - started)
 
 
+# MLflow's native download route (mlflow/server/artifact_router.py), both prefixes.
+DOWNLOAD_ROUTES = (
+    "/api/2.0/mlflow-artifacts/artifacts/{artifact_path:path}",
+    "/ajax-api/2.0/mlflow-artifacts/artifacts/{artifact_path:path}",
+)
+
+
+async def download_artifact(artifact_path: str) -> Any:
+    """GET of one proxied artifact, streamed from S3 with its Content-Length, with MLflow's
+    headers. A folder gets a 400, a missing file a 404. Whatever else is not an object of our S3
+    repository (artifact serving off, a bad or workspace-less path, another store) gets MLflow's
+    own answer."""
+    import asyncio
+
+    from fastapi import HTTPException
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from mlflow.server import artifact_router as mlflow_route
+    from mlflow.utils.mime_type_utils import _guess_mime_type
+    from mlflow.utils.uri import validate_path_is_safe
+
+    from mlstack.artifacts import ProxiedS3ArtifactRepository
+
+    if not mlflow_route._is_serving_proxied_artifacts():
+        return await mlflow_route.download_artifact(artifact_path)
+    try:
+        path = mlflow_route._get_workspace_scoped_path(validate_path_is_safe(artifact_path))
+        repository = mlflow_route._get_artifact_repo()
+    except Exception:  # MLflow's route answers these as it does
+        return await mlflow_route.download_artifact(artifact_path)
+    if not isinstance(repository, ProxiedS3ArtifactRepository) or not path:
+        return await mlflow_route.download_artifact(artifact_path)
+    opened = await asyncio.to_thread(repository.open_download, path)
+    if opened is None:
+        if await asyncio.to_thread(repository.is_folder, path):
+            # MLflow's route would copy the whole folder to a temporary directory and then fail
+            # to open it, after its 200 (an empty body); its answer for a local store's folder:
+            raise HTTPException(
+                status_code=400,
+                detail=f"Artifact path refers to a directory, not a file: '{artifact_path}'",
+            )
+        # MLflow's route answers a missing file with a 500, which clients retry for minutes.
+        return JSONResponse(
+            status_code=404,
+            content={
+                "error_code": "RESOURCE_DOES_NOT_EXIST",
+                "message": f"No artifact at '{artifact_path}'",
+            },
+        )
+    size, chunks = opened
+    filename = path.rsplit("/", 1)[-1]
+    headers = {
+        "Content-Type": _guess_mime_type(filename),
+        "Content-Disposition": mlflow_route._content_disposition(filename),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Length": str(size),
+    }
+    return StreamingResponse(chunks, headers=headers)
+
+
+def stream_artifact_downloads(app: Any) -> None:
+    """Put `download_artifact` ahead of MLflow's download route, under the same templates."""
+    from fastapi.routing import APIRoute
+
+    routes = [APIRoute(path, download_artifact, methods=["GET"]) for path in DOWNLOAD_ROUTES]
+    app.router.routes[:0] = routes
+
+
 def allow_the_scrape_login(app: Flask) -> None:
     """Let MONITORING_USER, with its password, read `GET /metrics`, and nothing else.
 
@@ -208,6 +280,8 @@ def create_app() -> Any:
         from mlflow.server.fastapi_app import app
     else:
         app = flask_app
+    if app is not flask_app:
+        stream_artifact_downloads(app)
     if metrics and app is not flask_app:
         # Added last: outermost, so it also times the answers of MLflow's own middlewares.
         app.add_middleware(NativeRouteMetrics, routes=app.router.routes)

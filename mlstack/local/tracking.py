@@ -76,6 +76,9 @@ class TrackingService(Service):
             "--serve-artifacts",
             "--artifacts-destination", self.artifacts_destination,
             "--workers", str(self.config.workers),
+            # The app Compose and the chart run too (mlstack/tracking_app.py, through
+            # docker/mlflow-server.sh): MLflow's own, plus streamed artifact downloads.
+            "--app-name", "mlstack",
             f"--uvicorn-opts=--timeout-worker-healthcheck={UVICORN_WORKER_PING_SECONDS}",
         ]  # fmt: skip
 

@@ -118,7 +118,57 @@ def test_streamed_upload_sizes_arrive_whole(
     experiment_id = (
         experiment.experiment_id if experiment else client.create_experiment("streamed-sizes")
     )
-    run_id = client.create_run(experiment_id).info.run_id
-    client.log_artifact(run_id, str(source))
-    _, stored = bucket_sha256(local_platform, f"/{run_id}/artifacts/{source.name}")
+    run = client.create_run(experiment_id).info
+    client.log_artifact(run.run_id, str(source))
+    _, stored = bucket_sha256(local_platform, f"/{run.run_id}/artifacts/{source.name}")
     assert stored == file_sha256(source)
+
+    # And back down the proxy, streamed from S3 (mlstack/tracking_app.py): the whole object, with
+    # its length announced up front (MLflow's own route announces none: it has not read it yet).
+    url = proxy_url(local_platform, run.artifact_uri, source.name)
+    with requests.get(url, stream=True, timeout=60) as answer:
+        assert answer.status_code == 200, answer.text
+        assert answer.headers.get("Content-Length") == str(size), answer.headers
+        assert "attachment" in answer.headers["Content-Disposition"]
+        digest = hashlib.sha256()
+        for chunk in answer.iter_content(MIB):
+            digest.update(chunk)
+    assert digest.hexdigest() == stored
+
+
+def proxy_url(platform: LocalPlatform, artifact_uri: str, name: str) -> str:
+    """The proxy's download URL of `name` under a run's `mlflow-artifacts:/...` root."""
+    root = artifact_uri.split(":", 1)[1].lstrip("/")
+    return f"{platform.tracking_uri}/api/2.0/mlflow-artifacts/artifacts/{root}/{name}"
+
+
+def test_downloads_of_folders_and_missing_files_keep_mlflows_answers(
+    local_platform: LocalPlatform, tmp_path: Path
+) -> None:
+    """A folder is a 400 (MLflow's own route sends a 200 with an empty body for it), a missing
+    file a 404 with MLflow's error JSON (MLflow's: a 500, which clients retry for minutes), a
+    path that escapes the artifact root MLflow's own 400."""
+    import mlflow
+
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "roc.png").write_bytes(b"\x89PNG not really")
+    client = mlflow.MlflowClient(local_platform.tracking_uri)
+    experiment = client.get_experiment_by_name("streamed-sizes")
+    experiment_id = (
+        experiment.experiment_id if experiment else client.create_experiment("streamed-sizes")
+    )
+    run = client.create_run(experiment_id).info
+    client.log_artifacts(run.run_id, str(tmp_path / "plots"), "plots")
+
+    png = requests.get(proxy_url(local_platform, run.artifact_uri, "plots/roc.png"), timeout=30)
+    assert png.status_code == 200 and png.content == b"\x89PNG not really"
+    assert png.headers["Content-Type"] == "image/png", png.headers
+    folder = requests.get(proxy_url(local_platform, run.artifact_uri, "plots"), timeout=30)
+    assert folder.status_code == 400, (folder.status_code, folder.text)
+    missing = requests.get(
+        proxy_url(local_platform, run.artifact_uri, "plots/gone.png"), timeout=30
+    )
+    assert missing.status_code == 404, (missing.status_code, missing.text)
+    assert missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    escape = requests.get(proxy_url(local_platform, run.artifact_uri, "..%2F..%2Fx"), timeout=30)
+    assert escape.status_code >= 400, (escape.status_code, escape.text)
