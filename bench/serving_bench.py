@@ -256,6 +256,9 @@ def server(
     name = f"bench-{kind}-{model.key}{label}.log"
     log = open(Path(tempfile.gettempdir()) / name, "wb")  # noqa: SIM115
     env = {**env, **(extra_env or {}), "PATH": os.pathsep.join([str(bin_dir), *os.get_exec_path()])}
+    # One string-hash seed for every server: one less way two processes running the same code
+    # differ (dict layouts), which the A/A control cell measures.
+    env.setdefault("PYTHONHASHSEED", "0")
     proc = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -497,6 +500,9 @@ DEFAULT_ROLLOUT_CHART = Path(__file__).resolve().parent / "serving_rollouts.png"
 
 # (key, what, baseline label, feature label, metric compared, target, higher ratio is better)
 ROLLOUT_CELLS = (
+    # The control: two servers with identical settings. What it measures is the bench's own noise
+    # between two processes, the floor under every other ratio here (ideally 1.00x).
+    ("aa", "plain vs a second plain (A/A control)", "plain", "plain again", "rps", 0.95, True),
     ("canary", "canary 10 % vs plain, 8 clients", "plain", "canary 10 %", "rps", 0.95, True),
     ("shadow", "shadow 100 % vs plain, 8 clients", "plain", "shadow 100 %", "p99_ms", 1.5, False),
     ("v2", "v2 /infer vs /invocations, 8 clients", "/invocations", "v2 /infer", "rps", 0.9, True),
@@ -569,6 +575,7 @@ def rollouts_main(args: argparse.Namespace) -> None:
         # Only the servers the chosen cells need (`--cells v2 workers`: three).
         specs = {
             "plain": (model, off, 1, wanted - {"workers"}),
+            "plain2": (model, off, 1, {"aa"}),
             "canary": (model, {"MLSTACK_CANARY_WEIGHT": "10"}, 1, {"canary"}),
             "shadow": (model, {"MLSTACK_SHADOW_PERCENT": "100"}, 1, {"shadow"}),
             "auth": (model, {**off, "MLSTACK_SERVE_TOKENS_FILE": str(tokens)}, 1, {"auth"}),
@@ -595,6 +602,10 @@ def rollouts_main(args: argparse.Namespace) -> None:
             bearer = [f"Authorization: Bearer {token}"]
             v2_path = f"/v2/models/{model.name}/infer"
             plans = {
+                "aa": (
+                    (plain, "/invocations", body, None),
+                    (ports.get("plain2"), "/invocations", body, None),
+                ),
                 "canary": (
                     (plain, "/invocations", body, None),
                     (canary, "/invocations", body, None),
