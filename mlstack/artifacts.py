@@ -99,8 +99,6 @@ class ProxiedS3ArtifactRepository(ArtifactRepository, StreamUploadMixin):
         """The object at `artifact_path` as (size, chunks) streamed from S3, or None when there
         is no such object (a folder, or nothing), for MLflow's own answer to that. Closing the
         chunks (the server does when the client goes) stops the read."""
-        from botocore.exceptions import ClientError
-
         s3 = self._s3
         bucket, root = s3.parse_s3_compliant_uri(s3.artifact_uri)
         key = posixpath.join(root, artifact_path)
@@ -108,8 +106,9 @@ class ProxiedS3ArtifactRepository(ArtifactRepository, StreamUploadMixin):
             answer = s3._get_s3_client().get_object(
                 Bucket=bucket, Key=key, **dict(s3._bucket_owner_params)
             )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        except Exception as exc:  # botocore's ClientError (not imported: trainers load this module)
+            error = getattr(exc, "response", None) or {}
+            if error.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise
         return int(answer["ContentLength"]), _read_ahead(answer["Body"])
