@@ -130,6 +130,24 @@ def test_trainer_authenticates(stack: Stack) -> None:
     assert stack.champion_versions().get("linear_model") == "1"
 
 
+def test_artifact_downloads_need_a_login(stack: Stack) -> None:
+    """The streamed download route (mlstack/tracking_app.py) sits behind MLflow's basic auth like
+    MLflow's own: the champion's MLmodel is 401 without a login, and with one it streams whole."""
+    if "linear_model" not in stack.champion_versions():
+        stack.assert_trained(stack.train("linear_model"))
+    [[location]] = stack.psql(
+        "SELECT storage_location FROM model_versions WHERE name = 'linear_model' AND version = '1'"
+    )
+    root = location.split(":", 1)[1].lstrip("/")
+    url = f"{stack.mlflow_url}/api/2.0/mlflow-artifacts/artifacts/{root}/MLmodel"
+    assert requests.get(url, timeout=30).status_code == 401
+    assert requests.get(url, auth=(ADMIN, "not-the-password"), timeout=30).status_code == 401
+    answer = requests.get(url, auth=(ADMIN, ADMIN_PASSWORD), timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers.get("Content-Length") == str(len(answer.content)), answer.headers
+    assert "flavors:" in answer.text
+
+
 def test_trainer_with_a_wrong_password_fails_clearly(stack: Stack) -> None:
     runs_before = stack.psql("SELECT count(*) FROM runs")
     result = stack.compose(
