@@ -48,6 +48,8 @@ BUILD_TIMEOUT = 25 * 60  # a cold build on 2 busy cores
 UP_WAIT_SECONDS = 600
 TRAIN_TIMEOUT = 300
 SERVING_PICKUP_SECONDS = 90  # serving polls the registry every 5 s; loading takes a few more
+# Several serving workers: how long every answer must carry the awaited version (wait_for_version).
+WORKERS_AGREE_SECONDS = 10
 
 # Interpolation variables a developer's shell might carry into the stack; the tests set their own.
 FOREIGN_VARS = (
@@ -277,17 +279,30 @@ class Stack:
     def wait_for_version(
         self, version: str, path: str = "/invocations", payload: dict[str, Any] | None = None
     ) -> requests.Response:
-        """POST until serving answers with `version` (it polls the registry; no restart)."""
+        """POST until serving answers with `version` (it polls the registry; no restart).
+
+        With several serving workers (SERVING_WORKERS), each loads the version after its own
+        poll, seconds apart, and a connection may reach either: one matching answer is then not
+        enough (CI once got a 503 right after it, from the worker still loading). The version
+        must then answer every request for WORKERS_AGREE_SECONDS, on new connections."""
         deadline = time.monotonic() + SERVING_PICKUP_SECONDS
         payload = payload or diabetes_payload()
+        several = int(self.env.get("SERVING_WORKERS") or "1") > 1
         last: Any = None
+        streak_since: float | None = None
         while time.monotonic() < deadline:
             try:
                 last = self.invoke(payload, path)
                 if last.status_code == 200 and last.headers.get("X-Model-Version") == version:
-                    return last
+                    now = time.monotonic()
+                    streak_since = streak_since if streak_since is not None else now
+                    if not several or now - streak_since >= WORKERS_AGREE_SECONDS:
+                        return last
+                    time.sleep(0.25)
+                    continue
             except requests.RequestException as error:
                 last = error
+            streak_since = None
             time.sleep(2)
         detail = (
             last
