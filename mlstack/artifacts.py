@@ -99,13 +99,9 @@ class ProxiedS3ArtifactRepository(ArtifactRepository, StreamUploadMixin):
         """The object at `artifact_path` as (size, chunks) streamed from S3, or None when there
         is no such object (a folder, or nothing), for MLflow's own answer to that. Closing the
         chunks (the server does when the client goes) stops the read."""
-        s3 = self._s3
-        bucket, root = s3.parse_s3_compliant_uri(s3.artifact_uri)
-        key = posixpath.join(root, artifact_path)
+        client, bucket, key, owner = self._s3_target(artifact_path)
         try:
-            answer = s3._get_s3_client().get_object(
-                Bucket=bucket, Key=key, **dict(s3._bucket_owner_params)
-            )
+            answer = client.get_object(Bucket=bucket, Key=key, **owner)
         except Exception as exc:  # botocore's ClientError (not imported: trainers load this module)
             error = getattr(exc, "response", None) or {}
             if error.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
@@ -115,13 +111,17 @@ class ProxiedS3ArtifactRepository(ArtifactRepository, StreamUploadMixin):
 
     def is_folder(self, artifact_path: str) -> bool:
         """Whether objects exist below `artifact_path` (S3 has no folders, only key prefixes)."""
+        client, bucket, key, owner = self._s3_target(artifact_path)
+        prefix = key.rstrip("/") + "/"
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1, **owner)
+        return bool(listed.get("KeyCount") or listed.get("Contents"))
+
+    def _s3_target(self, artifact_path: str) -> tuple[Any, str, str, dict[str, str]]:
+        """(client, bucket, key, bucket-owner arguments) of `artifact_path` in this store."""
         s3 = self._s3
         bucket, root = s3.parse_s3_compliant_uri(s3.artifact_uri)
-        prefix = posixpath.join(root, artifact_path).rstrip("/") + "/"
-        listed = s3._get_s3_client().list_objects_v2(
-            Bucket=bucket, Prefix=prefix, MaxKeys=1, **dict(s3._bucket_owner_params)
-        )
-        return bool(listed.get("KeyCount") or listed.get("Contents"))
+        key = posixpath.join(root, artifact_path)
+        return s3._get_s3_client(), bucket, key, dict(s3._bucket_owner_params)
 
     def upload_archived_trace_data_bytes(self, data: bytes) -> None:
         self._s3.upload_archived_trace_data_bytes(data)
