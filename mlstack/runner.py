@@ -40,6 +40,7 @@ from mlstack.tracking import (
     describe_run_failure,
     mark_as_model_training,
     mark_runs_failed,
+    retry_cut_off_answers,
     stop_client_retries,
     use_experiment,
 )
@@ -430,6 +431,8 @@ def _train(
     import mlflow.data.pandas_dataset
 
     import mlstack.plots  # noqa: F401
+
+    retry_cut_off_answers()
 
     try:
         report = fitting.receive("data", "bad-data")

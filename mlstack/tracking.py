@@ -112,6 +112,45 @@ def stop_client_retries(environ: MutableMapping[str, str] | None = None) -> None
     env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
 
 
+def retry_cut_off_answers() -> None:
+    """Give a request whose answer is cut off after its headers the retries MLflow gives one whose
+    answer never starts. Call once in a process, before its first MLflow request.
+
+    urllib3 retries a request whose connection fails or whose status line never comes (any method:
+    MLflow's Retry allows them all), but requests reads the body only after urllib3 has returned,
+    so a server killed between the headers and the body (seen in CI: `log-batch`'s 2-byte `{}`
+    never came) raises ChunkedEncodingError at once, and the run fails inside a retry window that
+    was meant to cover a restart. Re-sending has the effect MLflow already accepts for a lost
+    status line. A file being uploaded is rewound first, so a retried PUT sends the whole file.
+    Each retry runs MLflow's own schedule again; MLFLOW_HTTP_REQUEST_MAX_RETRIES bounds how many.
+    """
+    from mlflow.utils import rest_utils
+
+    send = rest_utils._get_http_response_with_retries
+    if getattr(send, "retries_cut_off_answers", False):
+        return
+
+    def send_again_if_cut_off(
+        method: str, url: str, max_retries: int, backoff_factor: float, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        body = kwargs.get("data")
+        start = body.tell() if hasattr(body, "seek") and hasattr(body, "tell") else None
+        for attempt in range(1, max_retries + 2):
+            try:
+                return send(method, url, max_retries, backoff_factor, *args, **kwargs)
+            except requests.exceptions.ChunkedEncodingError:
+                if attempt > max_retries:
+                    raise
+            time.sleep(retry_sleeps(attempt, max(1, int(backoff_factor)))[-1])
+            if start is not None:
+                body.seek(start)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    send_again_if_cut_off.retries_cut_off_answers = True  # type: ignore[attr-defined]
+    send_again_if_cut_off.__wrapped__ = send  # type: ignore[attr-defined]
+    rest_utils._get_http_response_with_retries = send_again_if_cut_off
+
+
 # --- after a run failed -----------------------------------------------------------------------
 
 _ARTIFACT_URL = re.compile(r"/api/2\.0/mlflow-artifacts/artifacts/([^\s?]+)")
@@ -155,7 +194,8 @@ def artifact_store_failure(exc: BaseException, tracking_uri: str) -> str | None:
 def tracking_server_lost(exc: BaseException, tracking_uri: str) -> str | None:
     """A clear message when `exc` is the tracking server going away in the middle of a run (every
     retry of a request was refused or cut off), else None."""
-    if not any(isinstance(e, requests.ConnectionError) for e in _exception_chain(exc)):
+    lost = (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)
+    if not any(isinstance(e, lost) for e in _exception_chain(exc)):
         return None
     return (
         f"lost the tracking server at {tracking_uri}: it did not answer for the whole retry "
