@@ -571,102 +571,101 @@ def rollouts_main(args: argparse.Namespace) -> None:
         champion_uri = f"models:/{model.name}@{ALIAS}"
         off = {"MLSTACK_SERVE_CHALLENGER_ALIAS": ""}
         body = model.payloads[1]
-        wanted = {c[0] for c in ROLLOUT_CELLS if not args.cells or c[0] in args.cells}
-        # Only the servers the chosen cells need (`--cells v2 workers`: three).
-        specs = {
-            "plain": (model, off, 1, wanted - {"workers"}),
-            "plain2": (model, off, 1, {"aa"}),
-            "canary": (model, {"MLSTACK_CANARY_WEIGHT": "10"}, 1, {"canary"}),
-            "shadow": (model, {"MLSTACK_SHADOW_PERCENT": "100"}, 1, {"shadow"}),
-            "auth": (model, {**off, "MLSTACK_SERVE_TOKENS_FILE": str(tokens)}, 1, {"auth"}),
+        # label: (model, extra environment, workers)
+        specs: dict[str, tuple[BenchModel, dict[str, str], int]] = {
+            "plain": (model, off, 1),
+            "plain2": (model, off, 1),
+            "canary": (model, {"MLSTACK_CANARY_WEIGHT": "10"}, 1),
+            "shadow": (model, {"MLSTACK_SHADOW_PERCENT": "100"}, 1),
+            "auth": (model, {**off, "MLSTACK_SERVE_TOKENS_FILE": str(tokens)}, 1),
             # Workers scale CPU-bound work: the forest on 100 rows keeps the server, not the
             # load generator, the bottleneck.
-            "1w": (forest, off, 1, {"workers"}),
-            "2w": (forest, off, 2, {"workers"}),
+            "1w": (forest, off, 1),
+            "2w": (forest, off, 2),
         }
-        with contextlib.ExitStack() as stack:
-            ports: dict[str, int] = {}
-            for label, (served, extra, workers, cells_using) in specs.items():
-                if cells_using & wanted:
-                    uri = champion_uri if served is model else None
-                    ports[label] = stack.enter_context(
-                        server("mlstack", served, env, extra, workers, uri, f"-{label}")
-                    )
-            for label in ("canary", "shadow"):
-                if label in ports:
-                    wait_challenger(ports[label], model.name)
-            if "2w" in ports:
-                time.sleep(3)  # the second worker of `2w` finishes its own load
-            plain, canary, shadow = ports.get("plain"), ports.get("canary"), ports.get("shadow")
-            auth, one_worker, two = ports.get("auth"), ports.get("1w"), ports.get("2w")
-            bearer = [f"Authorization: Bearer {token}"]
-            v2_path = f"/v2/models/{model.name}/infer"
-            plans = {
-                "aa": (
-                    (plain, "/invocations", body, None),
-                    (ports.get("plain2"), "/invocations", body, None),
-                ),
-                "canary": (
-                    (plain, "/invocations", body, None),
-                    (canary, "/invocations", body, None),
-                ),
-                "shadow": (
-                    (plain, "/invocations", body, None),
-                    (shadow, "/invocations", body, None),
-                ),
-                "v2": ((plain, "/invocations", body, None), (plain, v2_path, v2_body(body), None)),
-                "auth": ((plain, "/invocations", body, None), (auth, "/invocations", body, bearer)),
-                "workers": (
-                    (one_worker, "/invocations", forest.payloads[100], None),
-                    (two, "/invocations", forest.payloads[100], None),
-                ),
-            }
-            for key, what, base_label, feature_label, metric, target, higher in ROLLOUT_CELLS:
-                if args.cells and key not in args.cells:
-                    continue
-                runs: dict[str, list[dict[str, Any]]] = {"base": [], "feature": []}
-                for round_ in range(args.rounds):  # A B, B A, A B, ...: neither side always first
-                    order = list(zip(("base", "feature"), plans[key], strict=True))
-                    for side, (port, path, payload, headers) in order[
-                        :: 1 if round_ % 2 == 0 else -1
-                    ]:
-                        runs[side].append(run_cell(port, payload, 8, args, path, headers))
-                cell = {
-                    "key": key, "what": what, "base_label": base_label,
-                    "feature_label": feature_label, "metric": metric, "target": target,
-                    "higher_is_better": higher,
-                    "base": _median_result(runs["base"]), "feature": _median_result(runs["feature"]),
-                    "runs": runs,
-                }  # fmt: skip
-                # The median of the per-round ratios: each round's A and B ran back to back, so
-                # a burst of other work on the machine hits both sides of one ratio.
-                ratios = [
-                    f[metric] / b[metric]
-                    for b, f in zip(runs["base"], runs["feature"], strict=True)
-                    if b[metric]
-                ]
-                cell["round_ratios"] = [round(r, 3) for r in ratios]
-                costs = [
-                    (b["cpu"].get("server_us_per_request"), f["cpu"].get("server_us_per_request"))
-                    for b, f in zip(runs["base"], runs["feature"], strict=True)
-                    if "cpu" in b and "cpu" in f
-                ]
-                if costs and all(b and f for b, f in costs):
-                    # Server CPU per answer, baseline over feature (> 1: the feature is cheaper):
-                    # what a busy machine moves least, beside the throughput ratio it moves most.
-                    cell["cpu_cost_ratio"] = round(statistics.median(b / f for b, f in costs), 3)
-                cell["ratio"] = statistics.median(ratios) if ratios else float("nan")
-                cell["met"] = cell["ratio"] >= target if higher else cell["ratio"] <= target
-                if key == "shadow":
-                    cell["shadow_copies"] = shadow_copies(shadow)
-                cells.append(cell)
-                print_rollout_row(cell, header=len(cells) == 1)
-                print(cpu_line(cell), flush=True)
-                if key == "shadow":
-                    copies = cell["shadow_copies"]
-                    print(
-                        f"  shadow copies scored {copies['scored']:.0f}, dropped {copies['dropped']:.0f}"
-                    )
+        bearer = [f"Authorization: Bearer {token}"]
+        v2_path = f"/v2/models/{model.name}/infer"
+        many = forest.payloads[100]
+        # cell: (baseline, feature), each (server label, path, body, extra headers)
+        plans = {
+            "aa": (("plain", "/invocations", body, None), ("plain2", "/invocations", body, None)),
+            "canary": (("plain", "/invocations", body, None), ("canary", "/invocations", body, None)),
+            "shadow": (("plain", "/invocations", body, None), ("shadow", "/invocations", body, None)),
+            "v2": (("plain", "/invocations", body, None), ("plain", v2_path, v2_body(body), None)),
+            "auth": (("plain", "/invocations", body, None), ("auth", "/invocations", body, bearer)),
+            "workers": (("1w", "/invocations", many, None), ("2w", "/invocations", many, None)),
+        }  # fmt: skip
+
+        def start(stack: contextlib.ExitStack, label: str) -> int:
+            served, extra, workers = specs[label]
+            uri = champion_uri if served is model else None
+            port = stack.enter_context(
+                server("mlstack", served, env, extra, workers, uri, f"-{label}")
+            )
+            if label in ("canary", "shadow"):
+                wait_challenger(port, model.name)
+            return port
+
+        for key, what, base_label, feature_label, metric, target, higher in ROLLOUT_CELLS:
+            if args.cells and key not in args.cells:
+                continue
+            runs: dict[str, list[dict[str, Any]]] = {"base": [], "feature": []}
+            copies = {"scored": 0.0, "dropped": 0.0}
+            for round_ in range(args.rounds):
+                # Each round starts its own pair of servers: whatever one process has that another
+                # running the same code lacks (where its memory landed, which core it ran on, how
+                # warm it is) then varies from round to round instead of favouring one side of
+                # every round (the A/A control measured 0.87x with one pair for the whole run).
+                # The order alternates, A B then B A: neither side always starts or runs first.
+                order = list(zip(("base", "feature"), plans[key], strict=True))
+                order = order[:: 1 if round_ % 2 == 0 else -1]
+                with contextlib.ExitStack() as stack:
+                    ports: dict[str, int] = {}
+                    for _, (label, *_plan) in order:
+                        if label not in ports:
+                            ports[label] = start(stack, label)
+                    if "2w" in ports:
+                        time.sleep(3)  # the second worker of `2w` finishes its own load
+                    for side, (label, path, payload, headers) in order:
+                        runs[side].append(run_cell(ports[label], payload, 8, args, path, headers))
+                    if key == "shadow":
+                        for name, count in shadow_copies(ports["shadow"]).items():
+                            copies[name] += count
+            cell = {
+                "key": key, "what": what, "base_label": base_label,
+                "feature_label": feature_label, "metric": metric, "target": target,
+                "higher_is_better": higher,
+                "base": _median_result(runs["base"]), "feature": _median_result(runs["feature"]),
+                "runs": runs,
+            }  # fmt: skip
+            # The median of the per-round ratios: each round's A and B ran back to back, so
+            # a burst of other work on the machine hits both sides of one ratio.
+            ratios = [
+                f[metric] / b[metric]
+                for b, f in zip(runs["base"], runs["feature"], strict=True)
+                if b[metric]
+            ]
+            cell["round_ratios"] = [round(r, 3) for r in ratios]
+            costs = [
+                (b["cpu"].get("server_us_per_request"), f["cpu"].get("server_us_per_request"))
+                for b, f in zip(runs["base"], runs["feature"], strict=True)
+                if "cpu" in b and "cpu" in f
+            ]
+            if costs and all(b and f for b, f in costs):
+                # Server CPU per answer, baseline over feature (> 1: the feature is cheaper):
+                # what a busy machine moves least, beside the throughput ratio it moves most.
+                cell["cpu_cost_ratio"] = round(statistics.median(b / f for b, f in costs), 3)
+            cell["ratio"] = statistics.median(ratios) if ratios else float("nan")
+            cell["met"] = cell["ratio"] >= target if higher else cell["ratio"] <= target
+            if key == "shadow":
+                cell["shadow_copies"] = copies
+            cells.append(cell)
+            print_rollout_row(cell, header=len(cells) == 1)
+            print(cpu_line(cell), flush=True)
+            if key == "shadow":
+                print(
+                    f"  shadow copies scored {copies['scored']:.0f}, dropped {copies['dropped']:.0f}"
+                )
     context["load_average_at_end"] = round(os.getloadavg()[0], 2)
     print()
     print_rollout_table(cells)
