@@ -8,9 +8,10 @@ mlflow container), and serving answers with the same predictions for every champ
 
 Its own compose project (`mlstack-e2e-backup`) on free ports, from tests/e2e/conftest.py. The
 same stack (no second `up`) then serves `scripts/gc.sh --compose` (docs/gc.md), `mlstack import
---compose` (a SQLite store, then another tracking server's URL) and, last, `scripts/upgrade.sh
---compose` of a database an older MLflow wrote: tests with data of their own that pass alone or
-after the ones before them (the upgrade test replaces the stack's database, so it runs last).
+--compose` (a SQLite store, a file store, then another tracking server's URL) and, last,
+`scripts/upgrade.sh --compose` of a database an older MLflow wrote: tests with data of their own
+that pass alone or after the ones before them (the upgrade test replaces the stack's database, so
+it runs last).
 tests/e2e/compose.stores-published.yml (test only) publishes PostgreSQL and S3 on loopback for the
 older MLflow running on the host.
 """
@@ -196,26 +197,38 @@ def test_gc_removes_deleted_runs_and_orphans_and_keeps_versions(stack: Stack) ->
 
 # --- `mlstack import --compose` on the same stack (its own data; independent of the tests above) ---
 
-IMPORT_MODEL = "imported_sqlite_model"
+# source kind -> (the stock script's MLflow environment, what `mlstack import` is given)
+LOCAL_SOURCES = {
+    "sqlite": ({"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}, "mlflow.db"),
+    "mlruns": (
+        {"MLFLOW_TRACKING_URI": "file:./mlruns", "MLFLOW_ALLOW_FILE_STORE": "true"},
+        "mlruns",
+    ),
+}
 
 
-def test_import_of_a_stock_sqlite_store_arrives_once(stack: Stack, tmp_path: Path) -> None:
-    """A SQLite `mlflow.db` + `./mlruns` made by a stock MLflow script, imported twice."""
+@pytest.mark.parametrize("kind", list(LOCAL_SOURCES))
+def test_import_of_a_stock_local_store_arrives_once(
+    stack: Stack, tmp_path: Path, kind: str
+) -> None:
+    """A SQLite `mlflow.db` + `./mlruns`, or a file store `./mlruns`, made by a stock MLflow
+    script, imported twice."""
     import json
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[2]
-    env = {**stack.env, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}
+    source_env, argument = LOCAL_SOURCES[kind]
+    model = f"imported_{kind}_model"
     made = subprocess.run([sys.executable, str(repo / "tests" / "stock_mlflow.py"), "--experiment",
-                           "imported-from-sqlite", "--runs", "3", "--model", IMPORT_MODEL],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-                          check=False)  # fmt: skip
+                           f"imported-from-{kind}", "--runs", "3", "--model", model],
+                          cwd=tmp_path, env={**stack.env, **source_env}, capture_output=True,
+                          text=True, timeout=600, check=False)  # fmt: skip
     assert made.returncode == 0, made.stdout + made.stderr
     source = json.loads(made.stdout.strip().splitlines()[-1])
 
     def run_import() -> subprocess.CompletedProcess[str]:
-        return stack.mlstack("import", str(tmp_path / "mlflow.db"), "--compose", timeout=900)
+        return stack.mlstack("import", str(tmp_path / argument), "--compose", timeout=900)
 
     first = run_import()
     assert first.returncode == 0, first.stdout + first.stderr
@@ -235,8 +248,8 @@ def test_import_of_a_stock_sqlite_store_arrives_once(stack: Stack, tmp_path: Pat
         want = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
         assert {k.removeprefix(prefix) for k in stack.bucket_keys(prefix)} == want
     assert stack.psql("SELECT alias, version FROM registered_model_aliases "
-                      f"WHERE name = '{IMPORT_MODEL}'") == [["champion", "2"]]  # fmt: skip
-    path, payload = f"/models/{IMPORT_MODEL}/invocations", {"inputs": [[0.2, 0.9, 0.4]]}
+                      f"WHERE name = '{model}'") == [["champion", "2"]]  # fmt: skip
+    path, payload = f"/models/{model}/invocations", {"inputs": [[0.2, 0.9, 0.4]]}
     assert stack.wait_for_version("2", path, payload).status_code == 200
 
     counts = stack.psql("SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM metrics), "
