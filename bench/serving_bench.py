@@ -611,23 +611,31 @@ def rollouts_main(args: argparse.Namespace) -> None:
                 continue
             runs: dict[str, list[dict[str, Any]]] = {"base": [], "feature": []}
             copies = {"scored": 0.0, "dropped": 0.0}
-            for round_ in range(args.rounds):
+            measured: list[dict[str, list[float]]] = []  # each round's rps, in the order measured
+            for _round in range(args.rounds):
                 # Each round starts its own pair of servers: whatever one process has that another
-                # running the same code lacks (where its memory landed, which core it ran on, how
-                # warm it is) then varies from round to round instead of favouring one side of
-                # every round (the A/A control measured 0.87x with one pair for the whole run).
-                # The order alternates, A B then B A: neither side always starts or runs first.
-                order = list(zip(("base", "feature"), plans[key], strict=True))
-                order = order[:: 1 if round_ % 2 == 0 else -1]
+                # running the same code lacks (where its memory landed, which core it ran on)
+                # then varies from round to round instead of favouring one side of every round.
+                # Within a round the sides run A B B A: the first measurement of a round came out
+                # about 14 % slower than the second whichever server it hit (an A/A control of
+                # A B / B A rounds measured 1.14x, and 0.87x before, from that alone), and A B B A
+                # gives both sides one first-half and one second-half measurement.
                 with contextlib.ExitStack() as stack:
                     ports: dict[str, int] = {}
-                    for _, (label, *_plan) in order:
+                    for label, *_plan in plans[key]:
                         if label not in ports:
                             ports[label] = start(stack, label)
                     if "2w" in ports:
                         time.sleep(3)  # the second worker of `2w` finishes its own load
-                    for side, (label, path, payload, headers) in order:
-                        runs[side].append(run_cell(ports[label], payload, 8, args, path, headers))
+                    halves: dict[str, list[dict[str, Any]]] = {"base": [], "feature": []}
+                    for side in ("base", "feature", "feature", "base"):
+                        label, path, payload, headers = plans[key][side == "feature"]
+                        halves[side].append(run_cell(ports[label], payload, 8, args, path, headers))
+                    for side, pair in halves.items():
+                        runs[side].append(_mean_result(pair))
+                    measured.append(
+                        {side: [r["rps"] for r in pair] for side, pair in halves.items()}
+                    )
                     if key == "shadow":
                         for name, count in shadow_copies(ports["shadow"]).items():
                             copies[name] += count
@@ -646,6 +654,7 @@ def rollouts_main(args: argparse.Namespace) -> None:
                 if b[metric]
             ]
             cell["round_ratios"] = [round(r, 3) for r in ratios]
+            cell["round_rps"] = measured
             costs = [
                 (b["cpu"].get("server_us_per_request"), f["cpu"].get("server_us_per_request"))
                 for b, f in zip(runs["base"], runs["feature"], strict=True)
@@ -685,6 +694,19 @@ def shadow_copies(port: int) -> dict[str, float]:
         elif line.startswith("mlstack_serving_shadow_dropped_total "):
             dropped += float(line.rsplit(" ", 1)[1])
     return {"scored": scored, "dropped": dropped}
+
+
+def _mean_result(pair: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side of an A B B A round: its two measurements averaged (requests and non-2xx summed)."""
+    mean = {key: statistics.fmean(r[key] for r in pair) for key in ("rps", "p50_ms", "p99_ms")}
+    mean |= {key: sum(r[key] for r in pair) for key in ("requests", "non_2xx") if key in pair[0]}
+    if all("cpu" in r for r in pair):
+        mean["cpu"] = {
+            key: round(statistics.fmean(r["cpu"][key] for r in pair), 3)
+            for key in pair[0]["cpu"]
+            if all(key in r["cpu"] for r in pair)
+        }
+    return mean
 
 
 def _median_result(results: list[dict[str, Any]]) -> dict[str, Any]:
