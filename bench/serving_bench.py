@@ -862,8 +862,8 @@ def write_rollout_chart(cells: list[dict[str, Any]], context: dict[str, Any], pa
             0.5, 0.005,
             f"{context.get('date')}: {context.get('cpus')} CPUs, load average "
             f"{context.get('load_average_at_start')} at start, {context.get('load_average_at_end')}"
-            f" at end; {context.get('rounds')} alternating rounds of {context.get('duration_s')} s "
-            f"per side, load generator {context.get('load_generator', 'python')}; bars: medians, "
+            f" at end; {context.get('rounds')} rounds of A B B A, {context.get('duration_s')} s each"
+            f", fresh servers per round, load generator {context.get('load_generator', 'python')}; bars: medians, "
             "ratio: median of the per-round ratios.\nShared machine: compare ratios, not "
             "absolute numbers.",
             ha="center", va="bottom", fontsize=8, color="#444444",
@@ -1026,7 +1026,9 @@ def main() -> None:
         help="stock: mlstack vs mlflow models serve (default); rollouts: canary, shadow, v2, "
         "auth and workers against plain mlstack serve (chart default bench/serving_rollouts.png)",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rollouts: alternating rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rollouts: rounds (A B B A, fresh servers)"
+    )
     parser.add_argument(
         "--client",
         choices=("auto", "wrk", "python"),
