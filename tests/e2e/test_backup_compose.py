@@ -344,9 +344,9 @@ def test_import_from_another_tracking_server_arrives_once(stack: Stack, tmp_path
 # --- `scripts/upgrade.sh --compose` of a database an older MLflow wrote (runs last: it replaces the
 # stack's database) ---
 
-OLD_RELEASE = (
-    "2.22.5"  # the last 2.x; native tests cover 3.0.0 too (tests/reliability/test_upgrade.py)
-)
+# The last 2.x and the first 3.x, as in the native test (tests/reliability/test_upgrade.py). Each
+# case replaces the stack's database with one the old release writes, then upgrades it.
+OLD_RELEASES = ("2.22.5", "3.0.0")
 UPGRADED_MODEL = "upgraded_model"
 
 
@@ -355,13 +355,15 @@ def published(stack: Stack, service: str, port: str) -> str:
     return address.rpartition(":")[2]
 
 
+@pytest.mark.parametrize("release", OLD_RELEASES)
 def test_upgrade_of_an_older_mlflow_database_rehearses_then_migrates(
-    stack: Stack, tmp_path: Path
+    stack: Stack, tmp_path: Path, release: str
 ) -> None:
-    """MLflow 2.22.5 on the host writes history into the stack's own PostgreSQL and bucket (the
-    old platform's data); `scripts/upgrade.sh --compose` backs up, rehearses on a scratch compose
-    project, then migrates the stack; runs, metric histories, versions, tags, the alias, the stage
-    and the old champion's predictions are there through the pinned client, psql and serving."""
+    """An older MLflow (2.22.5, then 3.0.0) on the host writes history into the stack's own
+    PostgreSQL and bucket (the old platform's data); `scripts/upgrade.sh --compose` backs up,
+    rehearses on a scratch compose project, then migrates the stack; runs, metric histories,
+    versions, tags, the alias, the stage and the old champion's predictions are there through the
+    pinned client, psql and serving."""
     import json
     import os
     import signal
@@ -375,7 +377,7 @@ def test_upgrade_of_an_older_mlflow_database_rehearses_then_migrates(
     from mlflow.store.db.utils import _get_alembic_config
 
     repo = Path(__file__).resolve().parents[2]
-    venv = subprocess.run([str(repo / "scripts" / "old-mlflow-venv.sh"), OLD_RELEASE],
+    venv = subprocess.run([str(repo / "scripts" / "old-mlflow-venv.sh"), release],
                           capture_output=True, text=True, timeout=1200, check=False, cwd=repo,
                           env={**stack.env, "PYTHON": sys.executable})  # fmt: skip
     assert venv.returncode == 0, venv.stderr[-3000:]
@@ -421,7 +423,7 @@ def test_upgrade_of_an_older_mlflow_database_rehearses_then_migrates(
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
     history = json.loads(made.stdout.strip().splitlines()[-1])
-    assert history["mlflow"] == OLD_RELEASE
+    assert history["mlflow"] == release
     old_revision = stack.psql("SELECT version_num FROM alembic_version")
 
     upgrade = stack.script("upgrade.sh", "--compose", "--backups", str(tmp_path / "backups"),
@@ -447,7 +449,7 @@ def test_upgrade_of_an_older_mlflow_database_rehearses_then_migrates(
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.info.run_name == f"old-{index}"
         assert run.data.params == {"C": str(1.0 + index), "solver": "lbfgs"}
-        assert run.data.tags["made_by"] == f"mlflow {OLD_RELEASE}"
+        assert run.data.tags["made_by"] == f"mlflow {release}"
         points = sorted([m.key, m.value, m.timestamp, m.step] for key in ("loss", "accuracy")
                         for m in client.get_metric_history(run_id, key))  # fmt: skip
         assert points == history["metrics"][run_id] and len(points) == 11
