@@ -1,7 +1,14 @@
 """Detached background processes with pid files that remember who they are.
 
-A pid file holds the pid, the process create time and its command line, so a pid that the kernel
+A pid file holds the pid, when the process started and its command line, so a pid that the kernel
 has since given to an unrelated process is never mistaken for ours (and never signalled).
+
+"When it started" is the kernel's count of clock ticks since boot (`/proc/<pid>/stat`), not the
+wall-clock create time: psutil derives that one from the boot time in `/proc/stat`, which the
+kernel recomputes from the wall clock, so it moves when the clock is stepped or slewed (by a whole
+second at a time on a VM whose clock runs fast). A platform compared wall-clock create times once:
+when the boot time ticked over, every recorded process looked gone, `up` reported a healthy server
+as "exited during start-up" and `down` left the processes running.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 LOOPBACK = "127.0.0.1"
 # Everything the platform talks to is on loopback: never send it through a proxy.
 NO_PROXY = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-CREATE_TIME_TOLERANCE_SECONDS = 0.05
+# Only where the ticks since boot cannot be read (no /proc, or a pid file written before they were
+# recorded): wall-clock create times, which a clock change moves by up to a second or two.
+CREATE_TIME_TOLERANCE_SECONDS = 2.0
 PAIR_PORT_LOW = 20000
 
 
@@ -39,13 +48,19 @@ class PlatformError(Exception):
 @dataclass(frozen=True)
 class ProcessRecord:
     pid: int
-    create_time: float
+    create_time: float  # wall clock, for people reading the file
     cmdline: list[str]
+    start_ticks: int | None = None  # clock ticks since boot: the identity, where readable
 
     @classmethod
     def of(cls, pid: int) -> ProcessRecord:
         process = psutil.Process(pid)
-        return cls(pid=pid, create_time=process.create_time(), cmdline=process.cmdline())
+        return cls(
+            pid=pid,
+            create_time=process.create_time(),
+            cmdline=process.cmdline(),
+            start_ticks=start_ticks(pid),
+        )
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)) + "\n")
@@ -61,11 +76,27 @@ class ProcessRecord:
         """The running process this record describes, or None (gone, zombie, or pid reused)."""
         try:
             process = psutil.Process(self.pid)
-            same = abs(process.create_time() - self.create_time) < CREATE_TIME_TOLERANCE_SECONDS
+            ticks = start_ticks(self.pid) if self.start_ticks is not None else None
+            if ticks is not None:
+                same = ticks == self.start_ticks
+            else:
+                same = abs(process.create_time() - self.create_time) < CREATE_TIME_TOLERANCE_SECONDS
             if same and process.status() != psutil.STATUS_ZOMBIE:
                 return process
         except psutil.Error:
             pass
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (Linux: `/proc/<pid>/stat`, field 22), or
+    None where that cannot be read. Unlike a wall-clock time it never changes for a process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # The command name (field 2) is in parentheses and may hold spaces or ")": split after
+        # its last ")"; what follows starts at field 3 (state), so field 22 is index 19.
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
         return None
 
 

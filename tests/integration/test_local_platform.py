@@ -319,6 +319,7 @@ def test_file_artifacts_mode(make_local_platform: PlatformFactory, tmp_path: Pat
 
 
 def test_down_leaves_a_process_that_reused_a_recorded_pid_alone(tmp_path: Path) -> None:
+    import os
     import subprocess
     import sys
 
@@ -329,7 +330,10 @@ def test_down_leaves_a_process_that_reused_a_recorded_pid_alone(tmp_path: Path) 
         run = tmp_path / "state" / "run"
         run.mkdir(parents=True)
         real = ProcessRecord.of(stranger.pid)
-        reused = ProcessRecord(real.pid, real.create_time - 1000.0, ["python", "-m", "mlflow"])
+        assert real.start_ticks is not None
+        # The pid's earlier owner: started 10 s before this one, by the ticks since boot.
+        reused = ProcessRecord(real.pid, real.create_time - 10.0, ["python", "-m", "mlflow"],
+                               start_ticks=real.start_ticks - 10 * os.sysconf("SC_CLK_TCK"))  # fmt: skip
         reused.write(run / "mlflow.pid")
         assert reused.live_process() is None
 
