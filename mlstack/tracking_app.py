@@ -24,9 +24,14 @@ download route copies the whole object to a temporary directory before its first
 placed ahead of it under the same path template, inside MLflow's middlewares (basic auth checks
 it as it checks MLflow's), and hands anything that is not one S3 object back to MLflow's route.
 
+The runs table: `POST runs/search` is answered from SQL and written as compact JSON
+(mlstack/runs_search.py) when the request is one it can answer exactly as MLflow does (metric
+filters, metric and start-time orders); MLflow's handler answers the rest. It is the Flask view of
+MLflow's endpoint, replaced by one that falls back to it, so basic auth's checks and the
+per-endpoint metrics see it as they see MLflow's.
+
 MLflow loads the app through its `mlflow.app` entry point (pyproject.toml), the same mechanism as
-its own `basic-auth`; nothing of MLflow is patched or copied. Without `--expose-prometheus` the app
-is exactly MLflow's (plain or basic-auth).
+its own `basic-auth`; nothing of MLflow is patched or copied.
 
 With basic auth, `mlflow server --app-name basic-auth` would create the admin account once, in the
 CLI process, before the workers start; with this app name it does not, so `bootstrap_auth` does it
@@ -264,6 +269,9 @@ def create_app() -> Any:
     from mlflow.environment_variables import _MLFLOW_SGI_NAME
     from mlflow.server import app as flask_app
 
+    from mlstack import runs_search
+
+    runs_search.install(flask_app)
     metrics = bool(os.environ.get(MULTIPROC_ENV))
     if metrics:
         install_route_metrics(flask_app)

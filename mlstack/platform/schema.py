@@ -15,7 +15,14 @@ first 100 runs by start time with `SELECT DISTINCT runs.* ... WHERE experiment_i
 CASE WHEN start_time IS NULL THEN 1 ELSE 0 END, start_time DESC, run_uuid LIMIT 101`. MLflow's
 schema has no index on runs.experiment_id, so PostgreSQL reads every run and sorts them all (on
 disk beyond a few thousand runs); with the index below it reads about 100 index entries in order
-(EXPLAIN at 10^5 runs: 1,195 ms -> 0.4 ms).
+(EXPLAIN at 10^5 runs: 1,195 ms -> 0.4 ms). Our own runs/search route (mlstack/runs_search.py)
+writes the same ORDER BY, so it uses the index too.
+
+A page ordered by a metric: MLflow's SQL sorts every run of the experiment (a LEFT JOIN of
+latest_metrics, ordered by a CASE over it) before its LIMIT, which no index can feed. Our route
+reads the runs that have the metric as a number first, in the order of `latest_metrics (key,
+is_nan, value)` below, and stops after a page (EXPLAIN at 10^5 runs: 6 ms, against MLflow's 450 ms
+sort).
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ EXTRA_INDEXES = (
         "runs",
         "(experiment_id, (CASE WHEN start_time IS NULL THEN 1 ELSE 0 END), start_time DESC, run_uuid)",
     ),
+    # A metric's runs in value order (NaNs apart), for runs/search ordered by a metric.
+    ExtraIndex("mlstack_latest_metrics_key_value", "latest_metrics", "(key, is_nan, value)"),
 )
 INDEX_NAMES = tuple(index.name for index in EXTRA_INDEXES)
 
