@@ -45,6 +45,7 @@ EXTRAS: list[tuple[str, tuple[str, ...]]] = [
     ("mlstack/importer.py", ("local",)),
     ("mlstack/upgrade.py", ("local",)),
     ("mlstack/tracking_app.py", ("server",)),  # `mlflow server --app-name mlstack`, server image
+    ("mlstack/runs_search.py", ("server",)),  # part of that app
 ]
 
 
