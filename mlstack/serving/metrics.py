@@ -5,7 +5,7 @@
 - `mlstack_serving_model_version{model}`: the registry version served (0: none or not numeric).
 - `mlstack_serving_model_loaded{model}`: 1 once a model answers there.
 - `mlstack_serving_model_loads_total{model,result}`: background loads, `success` / `failure`.
-- `mlstack_serving_fast_path_total{model,path}`: invocations answered by `fast` or `mlflow`.
+- `mlstack_serving_invocations_path_total{model,path}`: invocations answered by `fast` or `mlflow`.
 - `mlstack_serving_model_info{model,name,version}`: 1 for the registered model name and version
   an endpoint serves now, 0 once replaced (dashboards and the stale-champion alert join on `name`).
 - `mlstack_serving_model_load_failing{model}`: 1 since the endpoint's last load failed, 0 after
