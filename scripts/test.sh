@@ -8,11 +8,11 @@ usage() {
 Usage: scripts/test.sh [-h] [TIER ...]
 
 Tiers (default: unit integration reliability docker browser k8s):
-  unit         fast tests, no services (~15 s); installs promtool (scripts/install-promtool.sh)
-  integration  the local platform: real PostgreSQL, S3 (SeaweedFS), MLflow server, serving (~5-6 min)
-  reliability  fault injection and backup/restore on dedicated local platforms (~4 min)
-  docker       the real docker-compose.yml with `docker compose`; provides a Docker engine and
-               Compose v2 when none answers, and builds offline stand-ins when no registry answers
+  unit         fast tests, no services (~1 min); installs promtool (scripts/install-promtool.sh)
+  integration  the local platform: real PostgreSQL, S3 (SeaweedFS), MLflow server, serving (~13 min)
+  reliability  fault injection, backup/restore, gc, import, upgrade on dedicated local platforms (~21 min)
+  docker       the real docker-compose.yml with `docker compose` (~28 min); provides a Docker engine
+               and Compose v2 when none answers, and builds offline stand-ins when no registry answers
   browser      the MLflow UI in headless Chromium on the local platform and on the compose stack
                (docs/browser-tests.md); installs Debian's chromium + chromium-driver, and needs
                the Docker engine like the docker tier
