@@ -5,7 +5,8 @@ No credentials → 401, a wrong password → 401, the admin's → 200, on the pu
 stays open (healthchecks); the users live in PostgreSQL; a trainer run with `docker compose run
 --rm` authenticates with MLFLOW_TRACKING_USERNAME/PASSWORD (and fails clearly with a wrong one);
 serving authenticates to the registry, loads the champion and answers /invocations, with a
-bearer token from the file mounted as a Compose secret, and 401 without it.
+bearer token from the file mounted as a Compose secret, and 401 without it. The tracking app's own
+runs/search shows a user only the experiments it may read.
 
 With the monitoring overlay as well (all three files, as docs/monitoring.md tells users): Prometheus
 scrapes every target with the generated scrape token, which logs in as the non-admin user
@@ -128,6 +129,45 @@ def test_clients_hold_only_their_login(stack: Stack) -> None:
 def test_trainer_authenticates(stack: Stack) -> None:
     stack.assert_trained(stack.train("linear_model"))
     assert stack.champion_versions().get("linear_model") == "1"
+
+
+def test_runs_search_shows_a_user_only_what_it_may_read(stack: Stack) -> None:
+    """The tracking app's own runs/search (mlstack/runs_search.py) filters experiments by a user's
+    permissions as MLflow's handler does: the trainer's runs are there for the admin and for a
+    user with the default READ, and gone for that user once denied the experiment."""
+    admin = (ADMIN, ADMIN_PASSWORD)
+    api = stack.mlflow_url + "/api/2.0/mlflow"
+    user, password = f"reader-{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    created = requests.post(f"{api}/users/create", json={"username": user, "password": password},
+                            auth=admin, timeout=30)  # fmt: skip
+    assert created.status_code == 200, created.text
+    experiment = requests.get(f"{api}/experiments/get-by-name", auth=admin, timeout=30,
+                              params={"experiment_name": "linear_model"})  # fmt: skip
+    assert experiment.status_code == 200, experiment.text
+    experiment_id = experiment.json()["experiment"]["experiment_id"]
+    page = {"experiment_ids": [experiment_id], "max_results": 100,
+            "order_by": ["attributes.start_time DESC"]}  # fmt: skip
+    search = stack.mlflow_url + "/ajax-api/2.0/mlflow/runs/search"
+
+    def run_ids(login: tuple[str, str]) -> list[str]:
+        answer = requests.post(search, json=page, auth=login, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert b"\n" not in answer.content  # compact: our route answered, not MLflow's handler
+        return [run["info"]["run_id"] for run in answer.json().get("runs", [])]
+
+    seen = run_ids(admin)
+    assert seen, "the trainer's runs (test_trainer_authenticates)"
+    assert run_ids((user, password)) == seen  # default_permission = READ
+    # MLflow 3.17's per-user grant (its RBAC API); DENY is its "no access" for a resource.
+    grant = stack.mlflow_url + "/api/3.0/mlflow/users/permissions/grant"
+    denied = requests.post(grant, auth=admin, timeout=30,
+                           json={"username": user, "resource_type": "experiment",
+                                 "resource_id": experiment_id, "permission": "DENY"})  # fmt: skip
+    assert denied.status_code == 200, denied.text
+    answer = requests.post(search, json=page, auth=(user, password), timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json().get("runs", []) == []
+    assert run_ids(admin) == seen
 
 
 def test_artifact_downloads_need_a_login(stack: Stack) -> None:
