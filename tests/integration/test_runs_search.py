@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -92,22 +91,16 @@ def experiments(local_platform: LocalPlatform) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def mlflow_handler(local_platform: LocalPlatform) -> Iterator[Any]:
     """MLflow's own app (its `_search_runs` view, not ours) on the platform's database."""
-    saved = {name: os.environ.get(name) for name in SERVER_ENV}
     database = local_platform.pg_uri.replace("postgresql://", "postgresql+psycopg2://", 1)
-    os.environ.update(dict(zip(SERVER_ENV, (database, "mlflow-artifacts:/", "true"), strict=True)))
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in zip(SERVER_ENV, (database, "mlflow-artifacts:/", "true"), strict=True):
+            patch.setenv(name, value)
         from mlflow.server import app, handlers
 
         view = app.view_functions["_search_runs"]
         assert not getattr(view, "_mlstack_runs_search", False), "the oracle must be MLflow's view"
         handlers._get_tracking_store(database, "mlflow-artifacts:/")
         yield app.test_client()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def by_key(document: dict[str, Any]) -> dict[str, Any]:
