@@ -91,6 +91,8 @@ def parse(
         clauses = [SearchUtils.parse_order_by_for_search_runs(c) for c in order_by]
     except Exception:  # MLflow's handler says what is wrong, in its words
         return None
+    if not isinstance(offset, int) or offset < 0:  # a forged token: PostgreSQL refuses it there
+        return None
     filters = []
     for item in parsed:
         comparator = str(item.get("comparator", "")).upper()

@@ -47,6 +47,7 @@ def test_metric_filters_and_orders_are_taken_with_mlflows_parser() -> None:
         (["1"], "", ACTIVE, 50_001, [], None),
         (["1"], "", 4, 100, [], None),
         (["1"], "", ACTIVE, 100, [], "not-a-token"),
+        (["1"], "", ACTIVE, 100, [], "eyJvZmZzZXQiOiAtNX0="),  # {"offset": -5}
     ],
 )
 def test_the_rest_is_left_to_mlflow(experiment_ids: list[str], filter_string: str, view: int,
