@@ -19,6 +19,8 @@
 #                                    replicas: the chart's hook Job migrates once, before them;
 #                                    Compose keeps the default)
 #   MLSTACK_AUTH                     none (default) or basic
+#   MLSTACK_RUNS_SEARCH              sql (default: runs/search from SQL, mlstack/runs_search.py)
+#                                    or mlflow (MLflow's handler for every request)
 #   MLSTACK_MONITORING_TOKEN_FILE    (monitoring overlay) the scrape token: with basic auth, the
 #                                    password of the non-admin user `mlstack-monitoring` Prometheus
 #                                    logs in as (created or updated here, before the workers)
@@ -197,6 +199,13 @@ INI
     ;;
   *)
     echo "mlflow-server: MLSTACK_AUTH must be none or basic, not '$MLSTACK_AUTH'" >&2
+    exit 2
+    ;;
+esac
+case "${MLSTACK_RUNS_SEARCH:-sql}" in
+  sql | mlflow) ;;
+  *)
+    echo "mlflow-server: MLSTACK_RUNS_SEARCH must be sql or mlflow, not '$MLSTACK_RUNS_SEARCH'" >&2
     exit 2
     ;;
 esac

@@ -28,7 +28,9 @@ The runs table: `POST runs/search` is answered from SQL and written as compact J
 (mlstack/runs_search.py) when the request is one it can answer exactly as MLflow does (metric
 filters, metric and start-time orders); MLflow's handler answers the rest. It is the Flask view of
 MLflow's endpoint, replaced by one that falls back to it, so basic auth's checks and the
-per-endpoint metrics see it as they see MLflow's.
+per-endpoint metrics see it as they see MLflow's. `MLSTACK_RUNS_SEARCH=mlflow` (docker.env, the
+chart's `tracking.extraEnv`, or the environment of `mlstack local up`) leaves every request to
+MLflow's handler.
 
 MLflow loads the app through its `mlflow.app` entry point (pyproject.toml), the same mechanism as
 its own `basic-auth`; nothing of MLflow is patched or copied.
@@ -264,6 +266,15 @@ def allow_the_scrape_login(app: Flask) -> None:
     app.before_request_funcs.setdefault(None, []).insert(0, scrape)
 
 
+def runs_search_enabled(value: str | None) -> bool:
+    """MLSTACK_RUNS_SEARCH: `sql` (the default) answers runs/search from SQL where it can
+    (mlstack/runs_search.py); `mlflow` leaves every request to MLflow's handler."""
+    mode = value or "sql"
+    if mode not in ("sql", "mlflow"):
+        raise ValueError(f"MLSTACK_RUNS_SEARCH must be sql or mlflow, not {value!r}")
+    return mode == "sql"
+
+
 def create_app() -> Any:
     """The app each server worker runs (a factory: `mlflow server` passes uvicorn `--factory`)."""
     from mlflow.environment_variables import _MLFLOW_SGI_NAME
@@ -271,7 +282,8 @@ def create_app() -> Any:
 
     from mlstack import runs_search
 
-    runs_search.install(flask_app)
+    if runs_search_enabled(os.environ.get("MLSTACK_RUNS_SEARCH")):
+        runs_search.install(flask_app)
     metrics = bool(os.environ.get(MULTIPROC_ENV))
     if metrics:
         install_route_metrics(flask_app)
