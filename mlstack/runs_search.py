@@ -39,16 +39,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# MLflow's handler's own checks (mlflow.server.handlers._search_runs).
+# What this module takes: experiment ids that fit MLflow's INTEGER column, and the comparators of
+# a metric filter (SearchUtils.VALID_METRIC_COMPARATORS), written in SQL as they are.
 _EXPERIMENT_ID = re.compile(r"[0-9]{1,9}")
-_COMPARATORS = {">": ">", ">=": ">=", "<": "<", "<=": "<=", "=": "=", "!=": "!="}
-_RUN_STAGES = {1: ("active",), 2: ("deleted",), 3: ("active", "deleted")}  # ViewType values
+_COMPARATORS = frozenset((">", ">=", "<", "<=", "=", "!="))
 
 
 @dataclass(frozen=True)
 class MetricFilter:
     key: str
-    comparator: str  # SQL, one of _COMPARATORS' values
+    comparator: str  # one of _COMPARATORS, SQL as it is
     value: float
 
 
@@ -77,13 +77,16 @@ def parse(
     order_by: Sequence[str],
     page_token: str | None,
 ) -> Query | None:
-    """A Query this module answers exactly as MLflow would, or None (MLflow's handler answers)."""
+    """A Query this module answers exactly as MLflow would, or None (MLflow's handler answers).
+    `view_type`: mlflow.entities.ViewType's value, as MLflow's handler reads it."""
+    from mlflow.entities import LifecycleStage
     from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
     from mlflow.utils.search_utils import SearchUtils
 
     if not experiment_ids or not all(_EXPERIMENT_ID.fullmatch(e) for e in experiment_ids):
         return None
-    if view_type not in _RUN_STAGES or not 1 <= max_results <= SEARCH_MAX_RESULTS_THRESHOLD:
+    stages = tuple(LifecycleStage.view_type_to_stages(view_type))  # what MLflow's store reads
+    if not stages or not 1 <= max_results <= SEARCH_MAX_RESULTS_THRESHOLD:
         return None
     try:
         parsed = SearchUtils.parse_search_filter(filter_string)
@@ -103,7 +106,7 @@ def parse(
         except (TypeError, ValueError):
             return None
         key = SearchUtils.translate_key_alias(item["key"])  # as MLflow's store does, any type
-        filters.append(MetricFilter(key, _COMPARATORS[comparator], value))
+        filters.append(MetricFilter(key, comparator, value))
     orders: list[Order] = []
     seen: set[tuple[str, str]] = set()
     for key_type, key, ascending in clauses:
@@ -120,7 +123,7 @@ def parse(
         orders.append(order)
     return Query(
         experiment_ids=sorted({int(e) for e in experiment_ids}),
-        stages=_RUN_STAGES[view_type],
+        stages=stages,
         filters=filters,
         orders=orders,
         max_results=max_results,
@@ -345,6 +348,7 @@ def fast_store() -> Any:
 def answer_request() -> Any:
     """The answer to the current Flask request, or None when MLflow's handler must give it."""
     from flask import Response
+    from mlflow.entities import ViewType
     from mlflow.protos.service_pb2 import SearchRuns
     from mlflow.server import ARTIFACTS_ONLY_ENV_VAR
     from mlflow.server.handlers import (
@@ -384,7 +388,9 @@ def answer_request() -> Any:
             experiment_ids = auth.filter_experiment_ids(experiment_ids)
     except ImportError:
         pass
-    view_type = message.run_view_type if message.HasField("run_view_type") else 1
+    view_type = ViewType.ACTIVE_ONLY  # as MLflow's search_runs_impl reads it
+    if message.HasField("run_view_type"):
+        view_type = ViewType.from_proto(message.run_view_type)
     query = parse(experiment_ids, message.filter, view_type, message.max_results,
                   list(message.order_by), message.page_token or None)  # fmt: skip
     if query is None:
