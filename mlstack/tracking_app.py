@@ -32,6 +32,11 @@ per-endpoint metrics see it as they see MLflow's. `MLSTACK_RUNS_SEARCH=mlflow` (
 chart's `tracking.extraEnv`, or the environment of `mlstack local up`) leaves every request to
 MLflow's handler.
 
+Logging: `POST runs/log-batch` is parsed and checked by MLflow's handler as always, then written
+in one transaction of a few SQL statements (mlstack/log_batch.py) where that stores exactly the
+rows MLflow's store would; MLflow's store writes the rest. `MLSTACK_LOG_BATCH=mlflow` leaves every
+batch to MLflow's store.
+
 MLflow loads the app through its `mlflow.app` entry point (pyproject.toml), the same mechanism as
 its own `basic-auth`; nothing of MLflow is patched or copied.
 
@@ -280,10 +285,12 @@ def create_app() -> Any:
     from mlflow.environment_variables import _MLFLOW_SGI_NAME
     from mlflow.server import app as flask_app
 
-    from mlstack import runs_search
+    from mlstack import log_batch, runs_search
 
     if runs_search_enabled(os.environ.get("MLSTACK_RUNS_SEARCH")):
         runs_search.install(flask_app)
+    if log_batch.enabled(os.environ.get("MLSTACK_LOG_BATCH")):
+        log_batch.install(flask_app)
     metrics = bool(os.environ.get(MULTIPROC_ENV))
     if metrics:
         install_route_metrics(flask_app)

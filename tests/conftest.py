@@ -210,6 +210,31 @@ def pg_conn(local_platform: LocalPlatform) -> Iterator[psycopg2.extensions.conne
         conn.close()
 
 
+# MLflow's handlers in the test process read their store from these (as `mlflow server` sets them).
+MLFLOW_SERVER_ENV = ("_MLFLOW_SERVER_FILE_STORE", "_MLFLOW_SERVER_ARTIFACT_ROOT",
+                     "_MLFLOW_SERVER_SERVE_ARTIFACTS")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mlflow_oracle(local_platform: LocalPlatform) -> Iterator[Any]:
+    """MLflow's own Flask app (its views and store, none of mlstack's routes) in this process, on
+    the platform's database: the oracle the tracking server's own routes are held to."""
+    database = local_platform.pg_uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in zip(MLFLOW_SERVER_ENV, (database, "mlflow-artifacts:/", "true"),
+                               strict=True):  # fmt: skip
+            patch.setenv(name, value)
+        from mlflow.server import app, handlers
+
+        for endpoint in ("_search_runs", "_log_batch"):
+            view = app.view_functions[endpoint]
+            assert not getattr(view, "_mlstack_runs_search", False), "the oracle must be MLflow's"
+            assert not getattr(view, "_mlstack_log_batch", False), "the oracle must be MLflow's"
+        store = handlers._get_tracking_store(database, "mlflow-artifacts:/")
+        assert not getattr(store.log_batch, "_mlstack_log_batch", False)
+        yield app.test_client()
+
+
 @pytest.fixture(scope="session")
 def s3_client(local_platform: LocalPlatform) -> Any:
     """A boto3 S3 client (path-style) on the platform's SeaweedFS endpoint."""

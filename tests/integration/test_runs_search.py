@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -25,9 +24,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 ENDPOINT = "/ajax-api/2.0/mlflow/runs/search"
-# MLflow's handler for these requests runs in this process, on the platform's database.
-SERVER_ENV = ("_MLFLOW_SERVER_FILE_STORE", "_MLFLOW_SERVER_ARTIFACT_ROOT",
-              "_MLFLOW_SERVER_SERVE_ARTIFACTS")  # fmt: skip
 
 
 def seed(tracking_uri: str) -> tuple[str, str]:
@@ -88,21 +84,6 @@ def experiments(local_platform: LocalPlatform) -> tuple[str, str]:
     return seed(local_platform.tracking_uri)
 
 
-@pytest.fixture(scope="module")
-def mlflow_handler(local_platform: LocalPlatform) -> Iterator[Any]:
-    """MLflow's own app (its `_search_runs` view, not ours) on the platform's database."""
-    database = local_platform.pg_uri.replace("postgresql://", "postgresql+psycopg2://", 1)
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in zip(SERVER_ENV, (database, "mlflow-artifacts:/", "true"), strict=True):
-            patch.setenv(name, value)
-        from mlflow.server import app, handlers
-
-        view = app.view_functions["_search_runs"]
-        assert not getattr(view, "_mlstack_runs_search", False), "the oracle must be MLflow's view"
-        handlers._get_tracking_store(database, "mlflow-artifacts:/")
-        yield app.test_client()
-
-
 def by_key(document: dict[str, Any]) -> dict[str, Any]:
     for run in document.get("runs", []):
         for items in run.get("data", {}).values():
@@ -135,7 +116,7 @@ def requests_for(first: str, second: str) -> list[dict[str, Any]]:
 
 def test_every_answer_is_mlflows_document(local_platform: LocalPlatform,
                                           experiments: tuple[str, str],
-                                          mlflow_handler: Any) -> None:  # fmt: skip
+                                          mlflow_oracle: Any) -> None:  # fmt: skip
     import requests
 
     pages = 0
@@ -144,7 +125,7 @@ def test_every_answer_is_mlflows_document(local_platform: LocalPlatform,
         while True:
             request = {**body, **({"page_token": token} if token else {})}
             ours = requests.post(local_platform.tracking_uri + ENDPOINT, json=request, timeout=60)
-            theirs = mlflow_handler.post(ENDPOINT, json=request)
+            theirs = mlflow_oracle.post(ENDPOINT, json=request)
             assert (ours.status_code, theirs.status_code) == (200, 200), (request, ours.text)
             # Compact JSON: the answer came from our route, not from MLflow's handler.
             assert b"\n" not in ours.content, request
@@ -158,7 +139,7 @@ def test_every_answer_is_mlflows_document(local_platform: LocalPlatform,
 
 def test_what_it_does_not_take_is_mlflows_answer(local_platform: LocalPlatform,
                                                  experiments: tuple[str, str],
-                                                 mlflow_handler: Any) -> None:  # fmt: skip
+                                                 mlflow_oracle: Any) -> None:  # fmt: skip
     import requests
 
     first, _ = experiments
@@ -169,7 +150,7 @@ def test_what_it_does_not_take_is_mlflows_answer(local_platform: LocalPlatform,
         {"experiment_ids": [first], "filter": "attributes.status = 'FINISHED'"},
     ):
         ours = requests.post(local_platform.tracking_uri + ENDPOINT, json=request, timeout=60)
-        theirs = mlflow_handler.post(ENDPOINT, json=request)
+        theirs = mlflow_oracle.post(ENDPOINT, json=request)
         assert ours.status_code == theirs.status_code == 200, ours.text
         assert b"\n" in ours.content, request  # pretty-printed: MLflow's handler wrote it
         assert by_key(ours.json()) == by_key(json.loads(theirs.data)), request
@@ -181,7 +162,7 @@ def test_what_it_does_not_take_is_mlflows_answer(local_platform: LocalPlatform,
         {"experiment_ids": ["x1"]},
     ):
         ours = requests.post(local_platform.tracking_uri + ENDPOINT, json=request, timeout=60)
-        theirs = mlflow_handler.post(ENDPOINT, json=request)
+        theirs = mlflow_oracle.post(ENDPOINT, json=request)
         assert ours.status_code == theirs.status_code >= 400, (request, ours.text)
         assert ours.json()["error_code"] == json.loads(theirs.data)["error_code"], request
 

@@ -68,35 +68,3 @@ def test_a_metric_order_is_read_group_by_group() -> None:
     assert nans_args[:4] == ["m0", 0.5, "m1", True]
     missing, missing_args = page_sql(query, 2, 11)
     assert "NOT EXISTS" in missing and "o0" not in missing and missing_args[-2:] == ["m1", 11]
-
-
-@pytest.mark.parametrize(("value", "enabled"), [(None, True), ("", True), ("sql", True),
-                                                ("mlflow", False)])  # fmt: skip
-def test_the_route_can_be_switched_off(value: str | None, enabled: bool) -> None:
-    from mlstack.tracking_app import runs_search_enabled
-
-    assert runs_search_enabled(value) is enabled
-
-
-def test_a_misspelt_switch_stops_the_server() -> None:
-    from mlstack.tracking_app import runs_search_enabled
-
-    with pytest.raises(ValueError, match="MLSTACK_RUNS_SEARCH must be sql or mlflow, not 'off'"):
-        runs_search_enabled("off")
-    with pytest.raises(ValueError, match="not 'SQL'"):
-        runs_search_enabled("SQL")  # as docker/mlflow-server.sh checks it: exactly sql or mlflow
-
-
-def test_the_image_entrypoint_refuses_a_misspelt_switch_before_the_database() -> None:
-    """docker/mlflow-server.sh (Compose and the chart) says it and exits 2 before it waits for
-    PostgreSQL (none answers here)."""
-    import subprocess
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "docker" / "mlflow-server.sh"
-    env = {"PATH": "/usr/bin:/bin", "POSTGRES_USER": "u", "POSTGRES_PASSWORD": "p",
-           "POSTGRES_DB": "d", "MLSTACK_RUNS_SEARCH": "off"}  # fmt: skip
-    result = subprocess.run(["sh", str(script), "--host=0.0.0.0"], env=env, capture_output=True,
-                            text=True, timeout=30, check=False)  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    assert "MLSTACK_RUNS_SEARCH must be sql or mlflow, not 'off'" in result.stderr

@@ -1,0 +1,246 @@
+"""The tracking server's own log-batch writes (mlstack/log_batch.py) against MLflow's store.
+
+The oracle is MLflow 3.17's own Flask app and store, in this process, on the platform's database.
+Two runs of one experiment get the same batches, one through the oracle, one through the platform
+over HTTP. After every batch both answers must be the same (status and JSON, errors included), and
+the rows both runs hold, read with psycopg2, must be the same: params, metrics, latest metrics, tags
+and the run's own row. The batches hold what trainers send and its edges: NaN and infinities, a
+metric twice in a batch, re-logged metrics and params, older steps, ties on step and timestamp,
+overwritten tags, a tag twice in a batch, truncated values, conflicts, bad input and deleted runs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import LocalPlatform
+
+pytestmark = pytest.mark.integration
+
+ENDPOINT = "/api/2.0/mlflow/runs/log-batch"
+HEADER = "X-MLstack-Log-Batch"
+TABLES = {
+    "params": "SELECT key, value FROM params WHERE run_uuid = %s ORDER BY key",
+    "metrics": "SELECT key, value, timestamp, step, is_nan FROM metrics WHERE run_uuid = %s"
+    " ORDER BY key, step, timestamp, value, is_nan",
+    "latest_metrics": "SELECT key, value, timestamp, step, is_nan FROM latest_metrics"
+    " WHERE run_uuid = %s ORDER BY key",
+    "tags": "SELECT key, value FROM tags WHERE run_uuid = %s AND key <> 'mlflow.runName'"
+    " ORDER BY key",
+    "runs": "SELECT name, status, lifecycle_stage, end_time FROM runs WHERE run_uuid = %s",
+    "run_name_tag": "SELECT value FROM tags WHERE run_uuid = %s AND key = 'mlflow.runName'",
+}
+
+
+def rows(conn: Any, run_id: str) -> dict[str, list[tuple[Any, ...]]]:
+    with conn.cursor() as cursor:
+        found = {}
+        for table, sql in TABLES.items():
+            cursor.execute(sql, (run_id,))
+            found[table] = cursor.fetchall()
+        return found
+
+
+def metric(key: str, value: float | str, step: int, timestamp: int = 1_700_000_000_000) -> Any:
+    return {"key": key, "value": value, "timestamp": timestamp, "step": step}
+
+
+def batches() -> list[tuple[str, dict[str, Any]]]:
+    """(who answers: sql, mlflow for what is left to MLflow's store, or error for what MLflow's
+    validation refuses; the body without its run_id)."""
+    params = [{"key": f"param_{i}", "value": str(i * 0.5)} for i in range(20)]
+    tags = [{"key": f"mlstack.tag_{i}", "value": f"value-{i}"} for i in range(5)]
+    return [
+        ("sql", {"params": params, "tags": tags}),  # a trainer's first batch
+        ("sql", {"metrics": [metric(f"metric_{i}", i / 7, 0) for i in range(10)], "tags": tags}),
+        (
+            "sql",
+            {
+                "metrics": [
+                    metric("odd", "NaN", 1),
+                    metric("odd", "NaN", 1),
+                    metric("inf", "Infinity", 1),
+                    metric("ninf", "-Infinity", 1),
+                    metric("zero", -0.0, 1),
+                    metric("zero", 0.0, 1),
+                    metric("loss", 0.5, 5),
+                    metric("loss", 0.7, 3),
+                    metric("loss", 0.4, 5, 1),
+                    metric("loss", 0.4, 5, 1),
+                    metric("tie", 0.0, 2),
+                    metric("tie", "NaN", 2),
+                    metric("later", 0.1, 2),
+                    metric("later", 0.05, 2),
+                    metric("tied", 0.0, 2),
+                    metric("metric_0", 9.0, 0, 0),
+                ]
+            },
+        ),
+        # The same metrics again (all already stored), one new older step, one newer, and a tie
+        # with a stored latest value (only a strictly newer point replaces it).
+        (
+            "sql",
+            {
+                "metrics": [
+                    metric("loss", 0.5, 5),
+                    metric("loss", 0.7, 3),
+                    metric("loss", 0.9, 1),
+                    metric("odd", 1.0, 2),
+                    metric("tied", "NaN", 2),
+                ]
+            },
+        ),
+        (
+            "sql",
+            {
+                "params": [*params[:3], {"key": "late", "value": "x" * 6500}],
+                "tags": [
+                    {"key": "mlstack.tag_0", "value": "new"},
+                    {"key": "dup", "value": "a"},
+                    {"key": "dup", "value": "b"},
+                    {"key": "long", "value": "y" * 9000},
+                ],
+            },
+        ),
+        (
+            "sql",
+            {
+                "metrics": [
+                    metric("history", 1 / (1 + s), s, 1_700_000_000_000 + s) for s in range(1000)
+                ]
+            },
+        ),  # a long history's chunk
+        ("sql", {}),
+        (
+            "sql",
+            {
+                "metrics": [metric("é ü/path-key:1", 1.5, 0)],
+                "tags": [{"key": "mlflow.note.content", "value": 'a\nb "q" \\'}],
+            },
+        ),
+        # A param that changes value: MLflow's error, and nothing of the batch is stored.
+        (
+            "conflict",
+            {
+                "params": [{"key": "param_1", "value": "changed"}],
+                "metrics": [metric("never", 1.0, 0)],
+                "tags": [{"key": "never", "value": "x"}],
+            },
+        ),
+        (
+            "mlflow",
+            {
+                "tags": [
+                    {"key": "mlflow.runName", "value": "renamed"},
+                    {"key": "with-name", "value": "1"},
+                ]
+            },
+        ),
+        ("error", {"metrics": [metric("bad key?", 1.0, 0)]}),
+        ("error", {"metrics": [{"key": "no-value", "timestamp": 1, "step": 0}]}),
+        ("error", {"params": [{"key": "twice", "value": "1"}, {"key": "twice", "value": "1"}]}),
+        ("error", {"params": [{"key": f"p{i}", "value": "1"} for i in range(101)]}),
+        ("error", {"tags": [{"key": "k" * 251, "value": "1"}]}),
+        ("error", {"metrics": [metric("negative-time", 1.0, 0, -5)]}),
+    ]
+
+
+def test_every_batch_stores_mlflows_rows(local_platform: LocalPlatform, mlflow_oracle: Any,
+                                         pg_conn: Any) -> None:  # fmt: skip
+    import requests
+    from mlflow import MlflowClient
+
+    client = MlflowClient(local_platform.tracking_uri)
+    experiment = client.create_experiment(f"log-batch-{time.time_ns()}")
+    theirs_id = client.create_run(experiment, run_name="r").info.run_id
+    ours_id = client.create_run(experiment, run_name="r").info.run_id
+    url = local_platform.tracking_uri + ENDPOINT
+    written_here = []
+    for writer, body in batches():
+        ours = requests.post(url, json={**body, "run_id": ours_id}, timeout=60)
+        theirs = mlflow_oracle.post(ENDPOINT, json={**body, "run_id": theirs_id})
+        assert ours.status_code == theirs.status_code, (body, ours.text, theirs.data)
+        assert ours.status_code == (400 if writer in ("error", "conflict") else 200), ours.text
+        mine = ours.text.replace(ours_id, "RUN")
+        assert json.loads(mine) == json.loads(theirs.data.decode().replace(theirs_id, "RUN"))
+        written_here.append(ours.headers.get(HEADER) == "sql")
+        assert written_here[-1] == (writer == "sql"), (writer, body)
+        assert rows(pg_conn, ours_id) == rows(pg_conn, theirs_id), body
+    found = rows(pg_conn, ours_id)
+    assert len(found["metrics"]) > 1000 and ("late", "x" * 6000) in found["params"]
+    assert ("dup", "b") in found["tags"] and ("mlstack.tag_0", "new") in found["tags"]
+    assert found["runs"][0][0] == "renamed" and not any(k == "never" for k, *_ in found["tags"])
+    assert ("loss", 0.5, 1_700_000_000_000, 5, False) in found["latest_metrics"]
+    assert ("tie", 0.0, 1_700_000_000_000, 2, False) in found[
+        "latest_metrics"
+    ]  # the first of a tie
+    assert ("tied", 0.0, 1_700_000_000_000, 2, False) in found["latest_metrics"]
+
+    # A deleted run, a run that does not exist, a malformed id: MLflow's errors, in its words.
+    client.delete_run(ours_id)
+    client.delete_run(theirs_id)
+    for run_ids in ((ours_id, theirs_id), ("f" * 32, "f" * 32), ("no-such-id", "no-such-id")):
+        body = {"metrics": [metric("after", 1.0, 0)]}
+        ours = requests.post(url, json={**body, "run_id": run_ids[0]}, timeout=60)
+        theirs = mlflow_oracle.post(ENDPOINT, json={**body, "run_id": run_ids[1]})
+        assert ours.status_code == theirs.status_code >= 400, ours.text
+        assert ours.json()["message"].replace(ours_id, "RUN") == json.loads(
+            theirs.data)["message"].replace(theirs_id, "RUN")  # fmt: skip
+        assert HEADER not in ours.headers
+    assert rows(pg_conn, ours_id) == rows(pg_conn, theirs_id)
+
+
+def test_concurrent_batches_keep_every_point_and_the_newest(local_platform: LocalPlatform,
+                                                            pg_conn: Any) -> None:  # fmt: skip
+    """Four clients log into one run at once, over the same keys and tags: every call succeeds,
+    every distinct point is stored once, and each latest value is the newest point logged."""
+    import requests
+    from mlflow import MlflowClient
+
+    client = MlflowClient(local_platform.tracking_uri)
+    experiment = client.create_experiment(f"log-batch-concurrent-{time.time_ns()}")
+    run_id = client.create_run(experiment).info.run_id
+    url = local_platform.tracking_uri + ENDPOINT
+    sent: list[tuple[str, float, int, int]] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client_loop(seed: int) -> None:
+        rnd = random.Random(seed)
+        session = requests.Session()
+        for call in range(15):
+            points = [(f"m{rnd.randrange(4)}", rnd.choice((0.25, 0.5, 0.75)), 1_000 + call,
+                       rnd.randrange(20)) for _ in range(30)]  # fmt: skip
+            body = {"run_id": run_id,
+                    "metrics": [metric(k, v, s, t) for k, v, t, s in points],
+                    "params": [{"key": "shared", "value": "same"}],
+                    "tags": [{"key": f"t{rnd.randrange(3)}", "value": str(seed)}]}  # fmt: skip
+            answer = session.post(url, json=body, timeout=60)
+            with lock:
+                if answer.status_code != 200:
+                    failures.append(answer.text)
+                sent.extend(points)
+
+    threads = [threading.Thread(target=client_loop, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    found = rows(pg_conn, run_id)
+    stored = {(k, v, t, s) for k, v, t, s, _ in found["metrics"]}
+    assert stored == set(sent)
+    newest = {}
+    for key, value, timestamp, step in sent:
+        if key not in newest or (step, timestamp, value) > newest[key][:3]:
+            newest[key] = (step, timestamp, value)
+    assert {k: (s, t, v) for k, v, t, s, _ in found["latest_metrics"]} == newest
+    assert found["params"] == [("shared", "same")]
+    assert {key for key, _ in found["tags"]} <= {"t0", "t1", "t2"}
