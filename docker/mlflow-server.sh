@@ -21,8 +21,8 @@
 #   MLSTACK_AUTH                     none (default) or basic
 #   MLSTACK_RUNS_SEARCH              sql (default: runs/search from SQL, mlstack/runs_search.py)
 #                                    or mlflow (MLflow's handler for every request)
-#   MLSTACK_LOG_BATCH                sql (default: log-batch written in one transaction,
-#                                    mlstack/log_batch.py) or mlflow (MLflow's store for every batch)
+#   MLSTACK_RUN_WRITES                sql (default: log-batch written in one transaction,
+#                                    mlstack/run_writes.py) or mlflow (MLflow's store for every batch)
 #   MLSTACK_MONITORING_TOKEN_FILE    (monitoring overlay) the scrape token: with basic auth, the
 #                                    password of the non-admin user `mlstack-monitoring` Prometheus
 #                                    logs in as (created or updated here, before the workers)
@@ -211,10 +211,10 @@ case "${MLSTACK_RUNS_SEARCH:-sql}" in
     exit 2
     ;;
 esac
-case "${MLSTACK_LOG_BATCH:-sql}" in
+case "${MLSTACK_RUN_WRITES:-sql}" in
   sql | mlflow) ;;
   *)
-    echo "mlflow-server: MLSTACK_LOG_BATCH must be sql or mlflow, not '$MLSTACK_LOG_BATCH'" >&2
+    echo "mlflow-server: MLSTACK_RUN_WRITES must be sql or mlflow, not '$MLSTACK_RUN_WRITES'" >&2
     exit 2
     ;;
 esac

@@ -33,8 +33,8 @@ chart's `tracking.extraEnv`, or the environment of `mlstack local up`) leaves ev
 MLflow's handler.
 
 Logging: `POST runs/log-batch` is parsed and checked by MLflow's handler as always, then written
-in one transaction of a few SQL statements (mlstack/log_batch.py) where that stores exactly the
-rows MLflow's store would; MLflow's store writes the rest. `MLSTACK_LOG_BATCH=mlflow` leaves every
+in one transaction of a few SQL statements (mlstack/run_writes.py) where that stores exactly the
+rows MLflow's store would; MLflow's store writes the rest. `MLSTACK_RUN_WRITES=mlflow` leaves every
 batch to MLflow's store.
 
 MLflow loads the app through its `mlflow.app` entry point (pyproject.toml), the same mechanism as
@@ -285,12 +285,12 @@ def create_app() -> Any:
     from mlflow.environment_variables import _MLFLOW_SGI_NAME
     from mlflow.server import app as flask_app
 
-    from mlstack import log_batch, runs_search
+    from mlstack import run_writes, runs_search
 
     if runs_search_enabled(os.environ.get("MLSTACK_RUNS_SEARCH")):
         runs_search.install(flask_app)
-    if log_batch.enabled(os.environ.get("MLSTACK_LOG_BATCH")):
-        log_batch.install(flask_app)
+    if run_writes.enabled(os.environ.get("MLSTACK_RUN_WRITES")):
+        run_writes.install(flask_app)
     metrics = bool(os.environ.get(MULTIPROC_ENV))
     if metrics:
         install_route_metrics(flask_app)

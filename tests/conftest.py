@@ -226,12 +226,12 @@ def mlflow_oracle(local_platform: LocalPlatform) -> Iterator[Any]:
             patch.setenv(name, value)
         from mlflow.server import app, handlers
 
-        for endpoint in ("_search_runs", "_log_batch"):
+        for endpoint in ("_search_runs", "_create_run", "_log_batch", "_update_run"):
             view = app.view_functions[endpoint]
             assert not getattr(view, "_mlstack_runs_search", False), "the oracle must be MLflow's"
-            assert not getattr(view, "_mlstack_log_batch", False), "the oracle must be MLflow's"
+            assert not getattr(view, "_mlstack_run_writes", False), "the oracle must be MLflow's"
         store = handlers._get_tracking_store(database, "mlflow-artifacts:/")
-        assert not getattr(store.log_batch, "_mlstack_log_batch", False)
+        assert not getattr(store, "_mlstack_run_writes", False), "the oracle must be MLflow's"
         yield app.test_client()
 
 

@@ -1,5 +1,5 @@
 """The tracking server's switches for its own routes: MLSTACK_RUNS_SEARCH (mlstack/runs_search.py)
-and MLSTACK_LOG_BATCH (mlstack/log_batch.py), each `sql` (the default) or `mlflow`, read the same
+and MLSTACK_RUN_WRITES (mlstack/run_writes.py), each `sql` (the default) or `mlflow`, read the same
 way by the app (tracking_app.create_app) and by the image's entrypoint (docker/mlflow-server.sh)."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from mlstack.log_batch import enabled as log_batch_enabled
+from mlstack.run_writes import enabled as run_writes_enabled
 from mlstack.tracking_app import runs_search_enabled
 
 SWITCHES: list[tuple[str, Callable[[str | None], bool]]] = [
     ("MLSTACK_RUNS_SEARCH", runs_search_enabled),
-    ("MLSTACK_LOG_BATCH", log_batch_enabled),
+    ("MLSTACK_RUN_WRITES", run_writes_enabled),
 ]
 
 

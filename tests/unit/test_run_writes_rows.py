@@ -1,5 +1,5 @@
-"""mlstack/log_batch.py's row rules, without a database (the oracle test against MLflow's store is
-tests/integration/test_log_batch.py)."""
+"""mlstack/run_writes.py's row rules, without a database (the oracle test against MLflow's store is
+tests/integration/test_run_writes.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 from mlflow.entities import Metric
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-from mlstack.log_batch import latest_rows, metric_rows
+from mlstack.run_writes import latest_rows, metric_rows
 
 
 class Store:

@@ -1,8 +1,9 @@
-"""The tracking server's own log-batch writes (mlstack/log_batch.py) against MLflow's store.
+"""The tracking server's own run writes (mlstack/run_writes.py) against MLflow's store.
 
 The oracle is MLflow 3.17's own Flask app and store, in this process, on the platform's database.
-Two runs of one experiment get the same batches, one through the oracle, one through the platform
-over HTTP. After every batch both answers must be the same (status and JSON, errors included), and
+Runs are created and updated through both, and compared: answers (status and JSON, errors
+included) and rows. Two runs of one experiment get the same batches, one through the oracle, one
+through the platform over HTTP. After every batch both answers must be the same (status and JSON, errors included), and
 the rows both runs hold, read with psycopg2, must be the same: params, metrics, latest metrics, tags
 and the run's own row. The batches hold what trainers send and its edges: NaN and infinities, a
 metric twice in a batch, re-logged metrics and params, older steps, ties on step and timestamp,
@@ -25,7 +26,12 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 ENDPOINT = "/api/2.0/mlflow/runs/log-batch"
-HEADER = "X-MLstack-Log-Batch"
+CREATE = "/api/2.0/mlflow/runs/create"
+UPDATE = "/api/2.0/mlflow/runs/update"
+RUN_ROW = ("SELECT name, source_type, source_name, entry_point_name, user_id, status, start_time,"
+           " end_time, deleted_time, source_version, lifecycle_stage, artifact_uri, experiment_id"
+           " FROM runs WHERE run_uuid = %s")  # fmt: skip
+HEADER = "X-MLstack-Write"
 TABLES = {
     "params": "SELECT key, value FROM params WHERE run_uuid = %s ORDER BY key",
     "metrics": "SELECT key, value, timestamp, step, is_nan FROM metrics WHERE run_uuid = %s"
@@ -159,7 +165,8 @@ def test_every_batch_stores_mlflows_rows(local_platform: LocalPlatform, mlflow_o
 
     client = MlflowClient(local_platform.tracking_uri)
     experiment = client.create_experiment(f"log-batch-{time.time_ns()}")
-    theirs_id = client.create_run(experiment, run_name="r").info.run_id
+    created = mlflow_oracle.post(CREATE, json={"experiment_id": experiment, "run_name": "r"})
+    theirs_id = created.json["run"]["info"]["run_id"]
     ours_id = client.create_run(experiment, run_name="r").info.run_id
     url = local_platform.tracking_uri + ENDPOINT
     written_here = []
@@ -244,3 +251,96 @@ def test_concurrent_batches_keep_every_point_and_the_newest(local_platform: Loca
     assert {k: (s, t, v) for k, v, t, s, _ in found["latest_metrics"]} == newest
     assert found["params"] == [("shared", "same")]
     assert {key for key, _ in found["tags"]} <= {"t0", "t1", "t2"}
+
+
+def masked(document: Any, run_id: str, name: str | None = None) -> Any:
+    """`document` (JSON text or a row) with its run id, and a generated run name, replaced."""
+    text = json.dumps(document) if not isinstance(document, str) else document
+    text = text.replace(run_id, "RUN")
+    return json.loads(text.replace(name, "NAME") if name else text)
+
+
+def test_runs_are_created_and_updated_as_mlflow_does(local_platform: LocalPlatform,
+                                                     mlflow_oracle: Any,
+                                                     pg_conn: Any) -> None:  # fmt: skip
+    import requests
+    from mlflow import MlflowClient
+
+    client = MlflowClient(local_platform.tracking_uri)
+    experiment = client.create_experiment(f"run-writes-{time.time_ns()}")
+    gone = client.create_experiment(f"run-writes-deleted-{time.time_ns()}")
+    client.delete_experiment(gone)
+    base = local_platform.tracking_uri
+
+    def both(path: str, ours_body: dict[str, Any], theirs_body: dict[str, Any]) -> Any:
+        ours = requests.post(base + path, json=ours_body, timeout=60)
+        theirs = mlflow_oracle.post(path, json=theirs_body)
+        assert ours.status_code == theirs.status_code, (ours_body, ours.text, theirs.data)
+        return ours, theirs
+
+    def run_row(run_id: str, name: str | None) -> Any:
+        with pg_conn.cursor() as cursor:
+            cursor.execute(RUN_ROW, (run_id,))
+            found = cursor.fetchall()
+        return masked(found, run_id, name), rows(pg_conn, run_id)["tags"]
+
+    creates = [
+        ("sql", {"experiment_id": experiment, "start_time": 123, "run_name": "named",
+                 "tags": [{"key": "mlflow.user", "value": "u"}, {"key": "t", "value": "v"}]}),
+        ("sql", {"experiment_id": experiment, "start_time": 5, "user_id": "someone"}),
+        ("sql", {"experiment_id": experiment,
+                 "tags": [{"key": "mlflow.runName", "value": "from-tag"}]}),
+        ("sql", {"experiment_id": "0", "run_name": "in-default"}),
+        ("sql", {"experiment_id": experiment, "run_name": "same",
+                 "tags": [{"key": "mlflow.runName", "value": "same"}]}),
+        ("error", {"experiment_id": experiment, "run_name": "a",
+                   "tags": [{"key": "mlflow.runName", "value": "b"}]}),
+        ("error", {"experiment_id": "999999"}),
+        ("error", {"experiment_id": gone}),
+        ("error", {"experiment_id": "x1"}),
+    ]  # fmt: skip
+    pairs = []
+    for writer, body in creates:
+        ours, theirs = both(CREATE, body, body)
+        assert (ours.headers.get(HEADER) == "sql") == (writer == "sql"), (writer, body)
+        if writer == "error":
+            assert ours.status_code >= 400
+            assert ours.json()["error_code"] == theirs.json["error_code"], body
+            assert ours.json()["message"] == theirs.json["message"], body
+            continue
+        assert ours.status_code == 200, ours.text
+        mine, their = ours.json()["run"], theirs.json["run"]
+        ids = (mine["info"]["run_id"], their["info"]["run_id"])
+        names = (None, None) if "run_name" in body or body.get("tags") else (
+            mine["info"]["run_name"], their["info"]["run_name"])  # fmt: skip
+        assert masked(mine, ids[0], names[0]) == masked(their, ids[1], names[1]), body
+        assert run_row(ids[0], names[0]) == run_row(ids[1], names[1]), body
+        pairs.append(ids)
+
+    ours_id, theirs_id = pairs[0]
+    updates = [
+        ("sql", {"status": "FINISHED", "end_time": 99}),
+        ("sql", {"end_time": 100}),
+        ("sql", {}),
+        ("sql", {"status": "FAILED"}),
+        ("mlflow", {"run_name": "renamed", "status": "KILLED"}),
+        ("sql", {"status": "NOT_A_STATUS"}),  # MLflow's parser drops an unknown status
+        ("error", {"end_time": "soon"}),
+    ]
+    for writer, body in updates:
+        ours, theirs = both(UPDATE, {**body, "run_id": ours_id}, {**body, "run_id": theirs_id})
+        assert (ours.headers.get(HEADER) == "sql") == (writer == "sql"), (writer, body)
+        assert ours.status_code == (400 if writer == "error" else 200), ours.text
+        assert masked(ours.json(), ours_id) == masked(theirs.json, theirs_id), body
+        assert run_row(ours_id, None) == run_row(theirs_id, None), body
+    # A deleted run and one that does not exist: MLflow's errors, and the deleted run unchanged.
+    for run_id in pairs[1]:
+        client.delete_run(run_id)
+    for gone_ids in (pairs[1], ("f" * 32, "f" * 32)):
+        ours, theirs = both(UPDATE, {"run_id": gone_ids[0], "status": "FINISHED"},
+                            {"run_id": gone_ids[1], "status": "FINISHED"})  # fmt: skip
+        assert ours.status_code >= 400 and HEADER not in ours.headers
+        assert masked(ours.json(), gone_ids[0]) == masked(theirs.json, gone_ids[1])
+    with pg_conn.cursor() as cursor:
+        cursor.execute("SELECT status FROM runs WHERE run_uuid = ANY(%s)", (list(pairs[1]),))
+        assert cursor.fetchall() == [("RUNNING",), ("RUNNING",)]
