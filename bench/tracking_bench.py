@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,7 +56,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-os.environ.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+# The client prints a "View run" line per finished run: thousands of lines in the ingest rounds.
+os.environ.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true",
+                  MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true")  # fmt: skip
 
 PARAMS, METRICS, TAGS = 20, 10, 5
 HISTORY_STEPS = 100_000
@@ -197,12 +200,51 @@ def warm(_: int) -> int:
     return os.getpid()
 
 
-def ingest(pool: Any, uris: dict[str, str], rounds: int, runs_per_client: int,
-           chunks: int) -> dict[str, Any]:  # fmt: skip
-    """Alternating ours/stock per round (order swapped each round)."""
+def server_tree(uri: str) -> list[Any]:
+    """The `mlflow server` process listening on `uri`'s port and its descendants (workers)."""
+    import psutil
+
+    port = str(urllib.parse.urlsplit(uri).port)
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        serves = "mlflow" in command and "server" in command and "--port" in command
+        if serves and command[command.index("--port") + 1] == port:
+            return [process, *process.children(recursive=True)]
+    raise RuntimeError(f"no mlflow server on port {port}")
+
+
+def backends(database: str) -> list[Any]:
+    """PostgreSQL's backend processes serving `database` (their title names it)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if title.startswith("postgres: ") and f" {database} " in title:
+            found.append(process)
+    return found
+
+
+def cpu_seconds(processes: list[Any]) -> float:
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(Exception):  # gone since: its time is lost to both sides alike
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def ingest(pool: Any, uris: dict[str, str], databases: dict[str, str], rounds: int,
+           runs_per_client: int, chunks: int) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Alternating ours/stock per round (order swapped each round). Also where the CPU of the
+    runs/s phase went, per run: the server's processes, PostgreSQL's backends for that side's
+    database, the 4 client processes (the same code against both)."""
+    import psutil
     from mlflow import MlflowClient
 
     results: dict[str, dict[str, list[float]]] = {side: {} for side in uris}
+    cpu: dict[str, dict[str, list[float]]] = {side: {} for side in uris}
+    client_processes = psutil.Process().children()
     setups = {side: MlflowClient(uri) for side, uri in uris.items()}
     experiments = {side: c.create_experiment(f"ingest-{uuid.uuid4().hex[:8]}")
                    for side, c in setups.items()}  # fmt: skip
@@ -210,10 +252,21 @@ def ingest(pool: Any, uris: dict[str, str], rounds: int, runs_per_client: int,
         order = list(uris) if round_no % 2 == 0 else list(reversed(uris))
         for side in order:
             uri, exp = uris[side], experiments[side]
+            server, clients = server_tree(uri), client_processes
+            before = {"server": cpu_seconds(server), "clients": cpu_seconds(clients)}
+            before_pg = {p.pid: cpu_seconds([p]) for p in backends(databases[side])}
             began = time.perf_counter()
             pool.map(log_runs, [(uri, exp, runs_per_client)] * 4, chunksize=1)
             rate = 4 * runs_per_client / (time.perf_counter() - began)
             results[side].setdefault("runs_per_s_4_clients", []).append(rate)
+            used = {"server": cpu_seconds(server) - before["server"],
+                    "postgres": sum(cpu_seconds([p]) - before_pg.get(p.pid, 0.0)
+                                    for p in backends(databases[side])),  # opened meanwhile too
+                    "clients": cpu_seconds(clients) - before["clients"]}  # fmt: skip
+            for name, seconds in used.items():
+                cpu[side].setdefault(f"{name}_cpu_ms_per_run", []).append(
+                    seconds * 1000 / (4 * runs_per_client)
+                )
             for clients in (1, 4):
                 run_ids = [setups[side].create_run(exp).info.run_id for _ in range(clients)]
                 per_client = max(1, chunks // clients)
@@ -222,8 +275,9 @@ def ingest(pool: Any, uris: dict[str, str], rounds: int, runs_per_client: int,
                 rate = clients * per_client * CHUNK / (time.perf_counter() - began)
                 results[side].setdefault(f"metric_points_per_s_{clients}_clients", []).append(rate)
             print(f"  ingest round {round_no + 1} {side}: "
-                  + ", ".join(f"{k} {v[-1]:.0f}" for k, v in results[side].items()), flush=True)  # fmt: skip
-    return results
+                  + ", ".join(f"{k} {v[-1]:.0f}" for k, v in (results[side] | cpu[side]).items()),
+                  flush=True)  # fmt: skip
+    return results, cpu
 
 
 # --- seeding (COPY, identical rows into both databases) ----------------------------------------
@@ -428,8 +482,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with ctx.Pool(4) as pool:
             pool.map(warm, range(4))
             print("ingest ...", flush=True)
-            result["ingest"] = ingest(pool, uris, args.ingest_rounds, args.runs_per_client,
-                                      args.history_chunks)  # fmt: skip
+            result["ingest"], result["ingest_cpu"] = ingest(
+                pool, uris, {side: url.rsplit("/", 1)[1] for side, url in dbs.items()},
+                args.ingest_rounds, args.runs_per_client, args.history_chunks)  # fmt: skip
         clients = {side: MlflowClient(uri) for side, uri in uris.items()}
         scale, history = {}, {}
         for side, client in clients.items():
@@ -520,6 +575,15 @@ def report(result: dict[str, Any]) -> str:
         ours, stock = cell["ours"], cell["stock"]
         lines.append(f"| {name} | {fmt(ours['median'])} ({fmt(ours['p95'])}) | "
                      f"{fmt(stock['median'])} ({fmt(stock['p95'])}) | {cell['speedup']:.2f}x |")  # fmt: skip
+    split = result.get("ingest_cpu")
+    if split:
+        lines += ["", "CPU per run logged (runs/s phase, medians of the rounds):", "",
+                  "| processes | ours | stock | stock/ours |", "|---|---|---|---|"]  # fmt: skip
+        for name in split["ours"]:
+            ours_ms = statistics.median(split["ours"][name])
+            stock_ms = statistics.median(split["stock"][name])
+            lines.append(f"| {name.removesuffix('_cpu_ms_per_run')} | {ours_ms:.1f} ms | "
+                         f"{stock_ms:.1f} ms | {stock_ms / ours_ms:.2f}x |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -21,8 +21,9 @@
 #   MLSTACK_AUTH                     none (default) or basic
 #   MLSTACK_RUNS_SEARCH              sql (default: runs/search from SQL, mlstack/runs_search.py)
 #                                    or mlflow (MLflow's handler for every request)
-#   MLSTACK_RUN_WRITES                sql (default: log-batch written in one transaction,
-#                                    mlstack/run_writes.py) or mlflow (MLflow's store for every batch)
+#   MLSTACK_RUN_WRITES               sql (default: runs created, logged and updated in one
+#                                    transaction each, mlstack/run_writes.py) or mlflow (MLflow's
+#                                    store for every write)
 #   MLSTACK_MONITORING_TOKEN_FILE    (monitoring overlay) the scrape token: with basic auth, the
 #                                    password of the non-admin user `mlstack-monitoring` Prometheus
 #                                    logs in as (created or updated here, before the workers)

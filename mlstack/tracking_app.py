@@ -32,10 +32,11 @@ per-endpoint metrics see it as they see MLflow's. `MLSTACK_RUNS_SEARCH=mlflow` (
 chart's `tracking.extraEnv`, or the environment of `mlstack local up`) leaves every request to
 MLflow's handler.
 
-Logging: `POST runs/log-batch` is parsed and checked by MLflow's handler as always, then written
-in one transaction of a few SQL statements (mlstack/run_writes.py) where that stores exactly the
-rows MLflow's store would; MLflow's store writes the rest. `MLSTACK_RUN_WRITES=mlflow` leaves every
-batch to MLflow's store.
+Run writes: `POST runs/create`, `runs/log-batch` and `runs/update` are parsed and checked by
+MLflow's handlers as always, then written in one transaction of a few SQL statements each
+(mlstack/run_writes.py, under MLflow's store methods) where that stores exactly the rows MLflow's
+store would; MLflow's store writes the rest. `MLSTACK_RUN_WRITES=mlflow` leaves every write to
+MLflow's store.
 
 MLflow loads the app through its `mlflow.app` entry point (pyproject.toml), the same mechanism as
 its own `basic-auth`; nothing of MLflow is patched or copied.
