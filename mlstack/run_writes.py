@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import uuid
 from typing import Any
 
@@ -335,13 +336,18 @@ FAST = {"create_run": fast_create_run, "log_batch": fast_log_batch,
         "update_run_info": fast_update_run_info}  # fmt: skip
 
 
+_patching = threading.Lock()
+
+
 def patch_store(store: Any) -> None:
-    """Put this module's methods in front of the store's own (once per store)."""
-    if getattr(store, "_mlstack_run_writes", False):
-        return
-    for name, fast in FAST.items():
-        setattr(store, name, fast(store, getattr(store, name)))
-    store._mlstack_run_writes = True
+    """Put this module's methods in front of the store's own (once per store, whichever of a
+    worker's request threads comes first)."""
+    with _patching:
+        if getattr(store, "_mlstack_run_writes", False):
+            return
+        for name, fast in FAST.items():
+            setattr(store, name, fast(store, getattr(store, name)))
+        store._mlstack_run_writes = True
 
 
 def install(flask_app: Any) -> None:

@@ -38,3 +38,33 @@ def test_the_latest_value_is_the_first_strictly_newest_by_step_timestamp_value()
     assert latest_rows(rows) == [("j", 1.0, 1, 0, False), ("k", 0.4, 20, 3, False)]
     tie = [("t", 0.0, 1, 1, False), ("t", 0.0, 1, 1, True)]
     assert latest_rows(tie) == [("t", 0.0, 1, 1, False)]
+
+
+def test_a_store_is_patched_once_whatever_the_threads() -> None:
+    """Every request thread of a worker patches the store on its first write; MLflow's methods
+    must end up wrapped once, not once per thread."""
+    import threading
+
+    from mlstack.run_writes import FAST, patch_store
+
+    class Plain:
+        def create_run(self, **_: object) -> str:
+            return "mlflow"
+
+        def log_batch(self, **_: object) -> str:
+            return "mlflow"
+
+        def update_run_info(self, *_: object) -> str:
+            return "mlflow"
+
+    store = Plain()
+    originals = {name: getattr(store, name) for name in FAST}
+    threads = [threading.Thread(target=patch_store, args=(store,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    patch_store(store)
+    for name in FAST:
+        closure = [cell.cell_contents for cell in getattr(store, name).__closure__ or ()]
+        assert originals[name] in closure, name  # wrapped directly around MLflow's method
