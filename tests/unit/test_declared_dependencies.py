@@ -46,6 +46,7 @@ EXTRAS: list[tuple[str, tuple[str, ...]]] = [
     ("mlstack/upgrade.py", ("local",)),
     ("mlstack/tracking_app.py", ("server",)),  # `mlflow server --app-name mlstack`, server image
     ("mlstack/runs_search.py", ("server",)),  # part of that app
+    ("mlstack/run_writes.py", ("server",)),  # part of that app
 ]
 
 
