@@ -55,6 +55,7 @@ HEADER = "X-MLstack-Write"
 RUN_NAME_TAG = "mlflow.runName"  # mlflow.utils.mlflow_tags.MLFLOW_RUN_NAME
 _WROTE = "mlstack_run_writes"  # flask.g: this request's write was made here
 _EXPERIMENT_ID = re.compile(r"0|[1-9][0-9]{0,8}")  # as str(int(x)) writes it, within INTEGER
+RETRIES = 3  # log-batch transactions that meet a concurrent one, before MLflow's store is asked
 _RUN_COLUMNS = ("run_uuid, name, experiment_id, user_id, status, start_time, end_time,"
                 " lifecycle_stage, artifact_uri")  # fmt: skip
 
@@ -180,6 +181,7 @@ def fast_log_batch(store: Any, original: Any) -> Any:
         _validate_param_keys_unique,
         _validate_run_id,
     )
+    from psycopg2.errors import DeadlockDetected, UniqueViolation
 
     def log_batch(run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]) -> None:
         # What MLflow's SqlAlchemyStore.log_batch checks first, in its order, with its errors.
@@ -189,11 +191,18 @@ def fast_log_batch(store: Any, original: Any) -> Any:
         )
         _validate_batch_log_limits(checked_metrics, checked_params, checked_tags)
         _validate_param_keys_unique(checked_params)
-        try:
-            done = write(store, run_id, checked_metrics, checked_params, checked_tags)
-        except Exception:  # a conflict, a deadlock, a lost connection: MLflow's store decides
-            log.debug("mlstack left a batch to MLflow's store", exc_info=True)
-            done = False
+        done = False
+        for _ in range(RETRIES):
+            try:
+                done = write(store, run_id, checked_metrics, checked_params, checked_tags)
+            except (UniqueViolation, DeadlockDetected):
+                # A concurrent batch inserted the same new param first, or two batches locked
+                # rows across each other: a fresh transaction sees what the other committed.
+                log.debug("mlstack retries a batch", exc_info=True)
+                continue
+            except Exception:  # a lost connection, anything unforeseen: MLflow's store decides
+                log.debug("mlstack left a batch to MLflow's store", exc_info=True)
+            break
         if not done:
             return original(run_id=run_id, metrics=metrics, params=params, tags=tags)
         wrote()
