@@ -65,10 +65,9 @@ log = logging.getLogger(__name__)
 def enabled(value: str | None) -> bool:
     """MLSTACK_RUN_WRITES: `sql` (the default) writes runs here where it can; `mlflow` leaves
     every write to MLflow's store."""
-    mode = value or "sql"
-    if mode not in ("sql", "mlflow"):
-        raise ValueError(f"MLSTACK_RUN_WRITES must be sql or mlflow, not {value!r}")
-    return mode == "sql"
+    from mlstack.tracking_app import sql_route_enabled
+
+    return sql_route_enabled("MLSTACK_RUN_WRITES", value)
 
 
 def metric_rows(store: Any, metrics: list[Any]) -> list[tuple[str, float, int, int, bool]] | None:

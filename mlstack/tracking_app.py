@@ -272,13 +272,19 @@ def allow_the_scrape_login(app: Flask) -> None:
     app.before_request_funcs.setdefault(None, []).insert(0, scrape)
 
 
-def runs_search_enabled(value: str | None) -> bool:
-    """MLSTACK_RUNS_SEARCH: `sql` (the default) answers runs/search from SQL where it can
-    (mlstack/runs_search.py); `mlflow` leaves every request to MLflow's handler."""
+def sql_route_enabled(name: str, value: str | None) -> bool:
+    """A switch for one of mlstack's own routes: `sql` (the default) or `mlflow` (MLflow's code
+    for every request); anything else is refused, as docker/mlflow-server.sh refuses it."""
     mode = value or "sql"
     if mode not in ("sql", "mlflow"):
-        raise ValueError(f"MLSTACK_RUNS_SEARCH must be sql or mlflow, not {value!r}")
+        raise ValueError(f"{name} must be sql or mlflow, not {value!r}")
     return mode == "sql"
+
+
+def runs_search_enabled(value: str | None) -> bool:
+    """MLSTACK_RUNS_SEARCH: `sql` answers runs/search from SQL where it can
+    (mlstack/runs_search.py); `mlflow` leaves every request to MLflow's handler."""
+    return sql_route_enabled("MLSTACK_RUNS_SEARCH", value)
 
 
 def create_app() -> Any:
